@@ -1,0 +1,272 @@
+"""Engine: load an MoE model with offloaded experts, lay out the cache, generate, report.
+
+    engine = Engine.load("demo", cache_gb=0.01, device="cpu")
+    for chunk in engine.stream_chat([{"role": "user", "content": "Good morrow"}]):
+        print(chunk, end="")
+    engine.snapshot()  # per-layer budgets, split ratios, cached experts, hits, bytes, prefetch accuracy
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterator
+
+import torch
+
+from . import models
+from .budget import Budget, fixed_costs
+from .config import GB, EngineConfig
+from .errors import BudgetError, GenerationError, MoepicError
+from .generation import SamplingConfig, decode_tokens
+from .layout import Layout, uniform_layout
+from .loader import build_dense_model
+from .offload import ExpertRuntime, OffloadedExperts
+from .quant import TORCH_DTYPES, dtype_name
+from .store import CheckpointReader, ExpertStore
+from .text import IncrementalDetokenizer, chat_input_ids
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MoepicError("device 'cuda' was asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def default_dtype(config, device: torch.device) -> str:
+    if device.type == "cpu":
+        return "float32"
+    ckpt = str(getattr(config, "torch_dtype", None) or getattr(config, "dtype", "") or "")
+    return "bfloat16" if "bfloat16" in ckpt and torch.cuda.is_bf16_supported() else "float16"
+
+
+class Engine:
+    def __init__(self, cfg, folder, spec, adapter, model, tokenizer, runtime, device, dtype):
+        self.cfg, self.folder, self.spec, self.adapter = cfg, folder, spec, adapter
+        self.model, self.tokenizer, self.runtime = model, tokenizer, runtime
+        self.device, self.dtype = device, dtype
+        self.lock = threading.RLock()  # one forward step or one re-layout at a time
+        self.budget: Budget | None = None
+
+    # --- loading ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model: str, *, progress=None, **options) -> "Engine":
+        """Load `model` (folder, "demo" or downloaded hub id); options are EngineConfig's fields."""
+        cfg = EngineConfig(model=str(model), **options)
+        folder = models.resolve_model(cfg.model)
+        config = models.load_config(folder)
+        adapter = models.get_adapter(config)
+        reader = CheckpointReader(folder)
+        models.check_expert_keys(adapter, reader.entries)
+        dense = sum(int(torch.Size(info["shape"]).numel()) for key, (_, _, info) in reader.entries.items()
+                    if not adapter.is_expert_key(key))
+        spec = adapter.spec(folder.name, dense)
+        device = resolve_device(cfg.device)
+        dtype = cfg.dtype or default_dtype(config, device)
+        cls._check_budget(cfg, spec, dtype, device)  # fail before the slow part
+        tokenizer = cls._load_tokenizer(folder)
+        store = ExpertStore.open(reader, adapter, spec, quant=cfg.quant, dtype=dtype, cache_dir=cfg.cache_dir,
+                                 pin=device.type == "cuda", progress=progress)
+        if progress:
+            progress("loading dense weights", 0.0)
+        model_ = build_dense_model(config, adapter, reader, TORCH_DTYPES[dtype], device)
+        routers = [adapter.moe_block(model_, layer).gate for layer in spec.moe_layers]
+        runtime = ExpertRuntime(store, routers, device, TORCH_DTYPES[dtype], policy=cfg.policy,
+                                policy_params=cfg.policy_params, prefetch=cfg.prefetch,
+                                prefetch_extra=cfg.prefetch_extra)
+        for pos, layer in enumerate(spec.moe_layers):
+            block = adapter.moe_block(model_, layer)
+            block.experts = OffloadedExperts(runtime, pos, block.experts.act_fn)
+        engine = cls(cfg, folder, spec, adapter, model_, tokenizer, runtime, device, dtype)
+        engine._apply(cfg)
+        if progress:
+            progress("ready", 1.0)
+        return engine
+
+    @staticmethod
+    def _load_tokenizer(folder):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        except Exception as e:  # noqa: BLE001 - a model without a usable tokenizer still runs on ids
+            log.warning("no tokenizer in %s (%s); only token ids can be generated", folder, e)
+            return None
+
+    # --- budget and layout --------------------------------------------------------------------
+    @staticmethod
+    def _budget(cfg: EngineConfig, spec, dtype: str, device: torch.device) -> Budget:
+        staging = ExpertRuntime.staging_buffers(spec.top_k, cfg.prefetch_extra) * spec.expert_bytes(cfg.quant, dtype)
+        costs = fixed_costs(spec, dtype, min(cfg.max_context, 1 << 20), staging)
+        min_vram = sum(costs.values())
+        simulated = device.type == "cpu"
+        vram = None if cfg.vram_gb is None else int(cfg.vram_gb * GB)
+        if cfg.cache_gb is not None:
+            cache = int(cfg.cache_gb * GB)
+        elif vram is not None:
+            if vram < min_vram:
+                raise BudgetError(
+                    f"VRAM budget {vram / GB:.3f} GB is below the minimum {min_vram / GB:.3f} GB for "
+                    f"{spec.name} ({dtype}, quant {cfg.quant}): dense part {costs['dense_bytes'] / GB:.3f} GB, "
+                    f"KV reserve {costs['kv_reserve_bytes'] / GB:.3f} GB, staging {staging / GB:.3f} GB, "
+                    f"workspace {costs['workspace_bytes'] / GB:.3f} GB", min_vram)
+            cache = vram - min_vram
+        elif simulated:
+            cache = spec.store_bytes(cfg.quant, dtype) // 2  # CPU default: a simulated half-size cache
+        else:
+            free, _ = torch.cuda.mem_get_info(device)
+            cache = max(0, int(free * 0.9) - min_vram)
+        return Budget(cache_bytes=cache, vram_bytes=vram, simulated=simulated, **costs)
+
+    @classmethod
+    def _check_budget(cls, cfg, spec, dtype, device) -> Budget:
+        return cls._budget(cfg, spec, dtype, device)
+
+    def _layout(self, cfg: EngineConfig, budget: Budget) -> Layout:
+        spec = self.spec
+        ratio = 1.0 if cfg.split in (None, "auto") else float(cfg.split)
+        return uniform_layout(budget.cache_bytes, spec.num_moe_layers, ratio, spec.intermediate_size,
+                              spec.row_bytes(cfg.quant, self.dtype), spec.num_experts)
+
+    def _apply(self, cfg: EngineConfig) -> None:
+        budget = self._budget(cfg, self.spec, self.dtype, self.device)
+        layout = self._layout(cfg, budget)
+        with self.lock:
+            self.runtime.configure(layout, policy=cfg.policy, policy_params=cfg.policy_params or None)
+            self.cfg, self.budget = cfg, budget
+
+    def reconfigure(self, *, vram_gb=None, cache_gb=None, policy=None, split=None, policy_params=None) -> dict:
+        """Re-lay out the pools for a new budget/policy/split without reloading; returns the new layout."""
+        changes = {"policy": policy, "split": split, "policy_params": policy_params}
+        if vram_gb is not None:
+            changes.update(vram_gb=vram_gb, cache_gb=None)
+        if cache_gb is not None:
+            changes["cache_gb"] = cache_gb
+        changes = {k: v for k, v in changes.items() if v is not None or k in ("cache_gb",) and "vram_gb" in changes}
+        self._apply(dataclasses.replace(self.cfg, **changes))
+        return self.runtime.layout.to_dict()
+
+    @property
+    def min_vram_gb(self) -> float:
+        return self.budget.min_vram_bytes / GB
+
+    # --- generation ---------------------------------------------------------------------------
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config):
+            eos = getattr(source, "eos_token_id", None)
+            ids.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def tokens(self, input_ids, max_new_tokens: int = 128, *, do_sample: bool = False, temperature: float = 1.0,
+               top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_event=None,
+               stop_at_eos: bool = True) -> Iterator[int]:
+        """Yield new token ids one by one."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1).to(self.device)
+        if ids.numel() == 0:
+            raise GenerationError("empty prompt: nothing to continue")
+        if max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        cfg = SamplingConfig(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+        eos = self._eos_ids() if stop_at_eos else set()
+        steps = decode_tokens(self.model, ids, max_new_tokens, cfg, eos, stop_event, self.runtime.stats.end_token)
+        while True:
+            try:
+                with self.lock:
+                    token = next(steps)
+            except StopIteration:
+                return
+            except torch.cuda.OutOfMemoryError as e:
+                self._recover()
+                raise GenerationError("out of GPU memory during generation: lower the VRAM budget "
+                                      "or the context length and try again") from e
+            except BaseException:
+                self._recover()
+                raise
+            yield token
+
+    def _recover(self) -> None:
+        """After a failed step: drop staged data and reload the pools from the directory."""
+        with self.lock:
+            self.runtime.configure(self.runtime.layout)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def generate(self, input_ids, max_new_tokens: int = 128, do_sample: bool = False, **kwargs) -> list[int]:
+        """The new token ids (not the prompt)."""
+        return list(self.tokens(input_ids, max_new_tokens, do_sample=do_sample, **kwargs))
+
+    def stream(self, input_ids, max_new_tokens: int = 128, **kwargs) -> Iterator[str]:
+        """Text chunks of the continuation of `input_ids`."""
+        self._need_tokenizer()
+        detok = IncrementalDetokenizer(self.tokenizer)
+        for token in self.tokens(input_ids, max_new_tokens, **kwargs):
+            chunk = detok.add(token)
+            if chunk:
+                yield chunk
+        tail = detok.flush()
+        if tail:
+            yield tail
+
+    def stream_chat(self, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                    top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_event=None) -> Iterator[str]:
+        """Text chunks of the assistant's reply to `messages`, via the model's chat template."""
+        self._need_tokenizer()
+        ids = chat_input_ids(self.tokenizer, messages)
+        yield from self.stream(ids, max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
+                               top_p=top_p, top_k=top_k, seed=seed, stop_event=stop_event)
+
+    def _need_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            raise GenerationError(f"{self.folder} has no tokenizer: only token ids can be generated")
+
+    # --- traces and stats ---------------------------------------------------------------------
+    def start_trace(self) -> None:
+        """Record every decode step's routing (and the prefetcher's guesses) from now on."""
+        self.runtime.recording = []
+
+    def stop_trace(self):
+        """The decode steps recorded since `start_trace` as a RoutingTrace."""
+        import numpy as np
+
+        from .trace import RoutingTrace
+
+        rows, self.runtime.recording = self.runtime.recording or [], None
+        experts = np.array([r[0] for r in rows], dtype=np.int16).reshape(len(rows), self.spec.num_moe_layers, -1)
+        predicted = np.array([r[1] for r in rows], dtype=np.int16).reshape(len(rows), self.spec.num_moe_layers, -1)
+        return RoutingTrace(experts=experts, predicted=predicted, num_experts=self.spec.num_experts,
+                            top_k=self.spec.top_k, model=self.spec.name)
+
+    def reset_stats(self) -> None:
+        self.runtime.stats.reset()
+
+    def snapshot(self) -> dict:
+        """A JSON-serialisable picture of the cache, the layout and the counters."""
+        rt, spec = self.runtime, self.spec
+        with self.lock:
+            layers = [rt.layer_snapshot(pos) for pos in range(spec.num_moe_layers)]
+            totals = rt.stats.totals()
+            history = list(rt.stats.history)
+        return {
+            "model": spec.name, "family": spec.family, "device": str(self.device),
+            "cpu_mode": self.device.type == "cpu", "dtype": self.dtype, "quant": self.cfg.quant,
+            "policy": self.cfg.policy, "num_layers": spec.num_moe_layers, "num_experts": spec.num_experts,
+            "top_k": spec.top_k, "intermediate_size": spec.intermediate_size,
+            "expert_bytes": spec.expert_bytes(self.cfg.quant, self.dtype),
+            "budgets": self.budget.to_dict(), "layout": {"source": rt.layout.source,
+                                                         "prediction": rt.layout.prediction},
+            "layers": layers, "totals": totals, "history": history,
+        }
+
+    def close(self) -> None:
+        self.runtime.pool = None
+        self.model = None
+
+
+__all__ = ["Engine", "dtype_name"]

@@ -1,0 +1,49 @@
+"""Build a transformers model whose dense part comes from the checkpoint and whose experts are offloaded.
+
+The model is created on the meta device (`init_empty_weights`, which keeps buffers such as rotary
+`inv_freq` real); the dense tensors are read one by one from the safetensors files and assigned;
+each MoE block's fused `*Experts` module is then replaced by an `OffloadedExperts` whose weights
+come from the ExpertStore. Expert weights never go through transformers' loader.
+"""
+from __future__ import annotations
+
+import torch
+from accelerate import init_empty_weights
+from transformers import AutoModelForCausalLM
+
+from .errors import ModelLoadError
+from .models import FamilyAdapter
+from .store import CheckpointReader
+
+
+def build_dense_model(config, adapter: FamilyAdapter, reader: CheckpointReader, dtype: torch.dtype,
+                      device: torch.device):
+    """The model with its dense part loaded on `device` and every routed expert left on meta."""
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = {}
+    for key in reader.keys():
+        if adapter.is_expert_key(key):
+            continue
+        state[adapter.module_key(key)] = reader.get(key).to(device=device, dtype=dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if unexpected:
+        raise ModelLoadError(f"checkpoint tensors the model does not have: {unexpected[:5]}")
+    missing = [k for k in missing if ".experts." not in k and not _tied(model, k)]
+    if missing:
+        raise ModelLoadError(f"checkpoint lacks tensors: {missing[:5]}")
+    model.tie_weights()
+    for name, buf in model.named_buffers():
+        if buf.device != device:
+            _set_buffer(model, name, buf.to(device))
+    return model.eval()
+
+
+def _tied(model, key: str) -> bool:
+    return bool(getattr(model.config, "tie_word_embeddings", False)) and key == "lm_head.weight"
+
+
+def _set_buffer(model, name: str, value: torch.Tensor) -> None:
+    owner, _, attr = name.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    module._buffers[attr] = value

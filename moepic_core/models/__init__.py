@@ -1,0 +1,125 @@
+"""Finding a model: resolve a name to a folder, check its files, pick the family adapter.
+
+`resolve_model("demo")` is the built-in demo model; any folder with `config.json` and
+`*.safetensors` weights works; a hub id ("org/name") resolves only if it is already downloaded
+(downloading is the app's job: `moepic_core.hub`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+from ..errors import ModelLoadError, UnsupportedModelError
+from ..spec import ModelSpec
+from .base import FamilyAdapter
+from .families import ADAPTERS
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo-model"
+SUPPORTED = ", ".join(sorted(ADAPTERS))
+
+
+def resolve_model(name: str | Path) -> Path:
+    """A folder for `name`: "demo", a local folder, or an already-downloaded hub id."""
+    name = str(name).strip()
+    if not name:
+        raise ModelLoadError("no model given: pass a folder, a hub id, or 'demo'")
+    if name == "demo":
+        if not (DEMO_MODEL_DIR / "config.json").exists():
+            raise ModelLoadError(f"the built-in demo model is missing from {DEMO_MODEL_DIR}")
+        return DEMO_MODEL_DIR
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file; give the model's folder (with config.json and *.safetensors)")
+        return path
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        from .. import hub
+
+        local = hub.cached_snapshot(name)
+        if local is not None:
+            return local
+        raise ModelLoadError(f"{name} is not downloaded yet: download it first (the app does this) or give a local folder")
+    raise ModelLoadError(f"model folder not found: {path}")
+
+
+def load_config(folder: Path):
+    """The model's transformers config; never runs remote code."""
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").exists():
+        raise ModelLoadError(f"{folder} has no config.json: not a transformers model folder")
+    try:
+        config_dict = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{folder}/config.json is unreadable: {e}") from e
+    model_type = config_dict.get("model_type")
+    if model_type not in ADAPTERS:
+        raise UnsupportedModelError(
+            f"architecture {model_type!r} is not supported; supported MoE families: {SUPPORTED}")
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a bad config
+        raise ModelLoadError(f"{folder}/config.json could not be read by transformers: {e}") from e
+
+
+def get_adapter(config) -> FamilyAdapter:
+    try:
+        return ADAPTERS[config.model_type](config)
+    except KeyError:
+        raise UnsupportedModelError(
+            f"architecture {config.model_type!r} is not supported; supported MoE families: {SUPPORTED}") from None
+
+
+def weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        has_bin = any(folder.glob("*.bin")) or any(folder.glob("*.pt"))
+        hint = " (only PyTorch .bin weights found: convert them to safetensors)" if has_bin else ""
+        raise ModelLoadError(f"no *.safetensors weights in {folder}{hint}")
+    return files
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets); validates the size."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n <= 0 or n > 100_000_000:
+                raise ValueError(f"header length {n}")
+            header = json.loads(f.read(n))
+        size = path.stat().st_size
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"file is truncated ({size} bytes, needs {8 + n + end})")
+        return header
+    except (OSError, ValueError, struct.error, KeyError, TypeError) as e:
+        raise ModelLoadError(f"corrupt safetensors file {path}: {e}") from e
+
+
+def tensor_index(folder: Path) -> dict[str, tuple[Path, list[int]]]:
+    """Every tensor in the checkpoint: name -> (file, shape)."""
+    index = {}
+    for path in weight_files(folder):
+        for key, info in read_safetensors_header(path).items():
+            if key != "__metadata__":
+                index[key] = (path, info["shape"])
+    return index
+
+
+def load_spec(model: str | Path) -> ModelSpec:
+    """Sizes of the model in a folder (or "demo"), read from its config and checkpoint headers."""
+    folder = resolve_model(model)
+    adapter = get_adapter(load_config(folder))
+    index = tensor_index(folder)
+    check_expert_keys(adapter, index)
+    dense = sum(math.prod(shape) for key, (_, shape) in index.items() if not adapter.is_expert_key(key))
+    return adapter.spec(folder.name, dense)
+
+
+def check_expert_keys(adapter: FamilyAdapter, index: dict) -> None:
+    layer = adapter.moe_layers()[0]
+    key = adapter.expert_key(layer, 0, "gate")
+    if key not in index:
+        raise ModelLoadError(f"checkpoint has no per-expert key {key!r}: fused or unknown expert layout")

@@ -1,0 +1,204 @@
+"""ExpertRuntime: the offloaded experts forward of every MoE layer.
+
+Per forward step and MoE layer `pos` (the `pos`-th MoE layer):
+  1. the router's choice (transformers' own router ran already) gives the step's experts;
+  2. the CacheDirectory counts hits before admitting anything and decides admissions/evictions;
+  3. what the pool lacks is fetched into staging: the bottom rows `[r*I, I)` of a hit when the
+     layer is split, the whole expert on a miss (unless a guess for this layer already fetched it);
+  4. on a decode step, layer `pos+1`'s router applied to this layer's input guesses the next
+     layer's experts, and their missing bytes are queued behind this layer's fetches;
+  5. experts are computed in eager's order (ascending id): the top segment from the pool slot
+     while the bottom may still be in flight, then the bottom; a missed expert that was admitted
+     has its top rows copied from staging into its slot after use.
+On CUDA, fetches run on a copy stream and compute waits on per-buffer events; the only host sync
+is reading the router's choice (step 1), where the data is consumed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .cache import CacheDirectory, make_policy
+from .cache.pool import SlotPool, Staging, Transfer
+from .layout import Layout
+from .quant import decode_rows
+from .stats import EngineStats
+
+
+def segment_forward(x: torch.Tensor, w: torch.Tensor, act) -> torch.Tensor:
+    """x [T, H], w [n, 3, H] neuron rows (gate row, up row, down column) -> partial output [T, H]."""
+    gate = x @ w[:, 0].t()
+    up = x @ w[:, 1].t()
+    return (act(gate) * up) @ w[:, 2]
+
+
+class OffloadedExperts(nn.Module):
+    """Drop-in for a transformers `*Experts` module: same call, weights served by the runtime."""
+
+    def __init__(self, runtime: "ExpertRuntime", pos: int, act_fn):
+        super().__init__()
+        self.pos = pos
+        self.act_fn = act_fn
+        self._runtime = [runtime]  # a list, so nn.Module does not register it
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        return self._runtime[0].forward(self.pos, hidden_states, top_k_index, top_k_weights, self.act_fn)
+
+
+class ExpertRuntime:
+    def __init__(self, store, routers: list[nn.Module], device: torch.device, compute_dtype: torch.dtype,
+                 policy: str = "lcp", policy_params: dict | None = None, prefetch: bool = True,
+                 prefetch_extra: int = 0):
+        self.store, self.spec = store, store.spec
+        self.routers = routers
+        self.device, self.compute_dtype = device, compute_dtype
+        self.num_layers = self.spec.num_moe_layers
+        self.I, self.H = self.spec.intermediate_size, self.spec.hidden_size
+        self.prefetch, self.prefetch_extra = prefetch, prefetch_extra
+        self.transfer = Transfer(device)
+        self.staging = Staging(self.staging_buffers(self.spec.top_k, prefetch_extra), self.I, store.row_bytes, device)
+        self.stats = EngineStats(self.num_layers)
+        self.guesses: dict[int, list[int]] = {}
+        self.recording: list | None = None  # decode-step routing rows when recording a trace
+        self.policy_name, self.policy_params = policy, dict(policy_params or {})
+        self.pool = self.directory = self.layout = None
+
+    @staticmethod
+    def staging_buffers(top_k: int, prefetch_extra: int) -> int:
+        """One token's worst case: this layer's k experts plus the next layer's guesses in flight."""
+        return 2 * (top_k + prefetch_extra)
+
+    # --- layout -------------------------------------------------------------------------------
+    def configure(self, layout: Layout, policy: str | None = None, policy_params: dict | None = None) -> None:
+        """(Re)lay out the pools; keep the best cached experts that still fit (same policy state)."""
+        if len(layout.layers) != self.num_layers:
+            raise ValueError(f"layout has {len(layout.layers)} layers, model has {self.num_layers} MoE layers")
+        slots = [p.slots for p in layout.layers]
+        changed_policy = policy is not None and (policy != self.policy_name or policy_params is not None)
+        if changed_policy:
+            self.policy_name, self.policy_params = policy, dict(policy_params or {})
+        self.pool = None
+        self.staging.clear()
+        self.guesses.clear()
+        self.pool = SlotPool(layout, self.I, self.store.row_bytes, self.device)
+        self.layout = layout
+        if self.directory is None or changed_policy:
+            pol = make_policy(self.policy_name, self.num_layers, self.spec.num_experts, **self.policy_params)
+            self.directory = CacheDirectory(slots, pol)
+            self.directory.warm_start()
+        else:
+            self.directory.resize(slots, keep=True)
+        for pos, n in enumerate(slots):
+            if n >= self.spec.num_experts and len(self.directory.cached(pos)) < n:
+                self.directory.access(pos, range(self.spec.num_experts))  # everything fits: all resident
+            for expert, slot in self.directory.cached(pos).items():
+                self.pool.slot(pos, slot).copy_(self.store.rows(pos, expert, 0, self.pool.rows[pos]))
+
+    def is_split(self, pos: int) -> bool:
+        return 0 < self.pool.rows[pos] < self.I
+
+    # --- forward ------------------------------------------------------------------------------
+    def forward(self, pos, x, top_k_index, top_k_weights, act):
+        routing = top_k_index.tolist()  # host sync: the fetches depend on it
+        experts = sorted({e for row in routing for e in row})
+        if pos == 0:
+            self.directory.step()
+            if self.recording is not None and len(routing) == 1:
+                self.recording.append(([[-1] * self.spec.top_k for _ in range(self.num_layers)],
+                                       [[-1] * (self.spec.top_k + self.prefetch_extra)] * self.num_layers))
+        if self.recording is not None and len(routing) == 1 and self.recording:
+            self.recording[-1][0][pos] = list(routing[0])
+        access = self.directory.access(pos, experts)
+        self.stats.record_access(pos, len(access.hits), len(access.misses), self.is_split(pos))
+        layer_stats = self.stats.layers[pos]
+        layer_stats.active = experts
+        guess = self.guesses.pop(pos, None)
+        if guess is not None:
+            layer_stats.record_guess(guess, experts)
+
+        top = self.pool.rows[pos]
+        needed = {e: (top if e in access.hits else 0) for e in experts if e not in access.hits or top < self.I}
+        for (p, e), entry in list(self.staging.entries.items()):
+            if p == pos and (e not in needed or entry.start > needed[e]):
+                self.staging.release((p, e))
+                self.stats.layers[pos].prefetch_wasted_bytes += entry.nbytes
+        queue = [e for e in needed if (pos, e) not in self.staging.entries]
+        issued = self._issue(pos, queue, 0, needed)
+        if len(routing) == 1 and self.prefetch and issued == len(queue) and pos + 1 < self.num_layers:
+            self._prefetch(pos + 1, x)
+
+        out = torch.zeros_like(x)
+        hit_mask = top_k_index.t()  # [K, T], as eager walks it
+        for e in experts:
+            k_pos, tok = torch.where(hit_mask == e)
+            xs = x[tok]
+            y = None
+            slot = access.hits.get(e)
+            if slot is not None:
+                y = self._compute(xs, self.pool.slot(pos, slot), act)
+            if e in needed:
+                entry = self.staging.entries[(pos, e)]
+                self.transfer.wait(entry.ready)
+                part = self._compute(xs, self.staging.rows(entry, needed[e], self.I), act)
+                y = part if y is None else y + part
+                if e in access.admitted:
+                    self.pool.slot(pos, access.admitted[e]).copy_(self.staging.rows(entry, 0, top))
+                self.staging.release((pos, e), self.transfer.mark())
+                issued = self._issue(pos, queue, issued, needed)
+            y = y * top_k_weights[tok, k_pos, None]
+            out.index_add_(0, tok, y.to(out.dtype))
+        return out
+
+    def _compute(self, xs, rows_u8, act):
+        w = decode_rows(rows_u8, self.H, self.store.quant, self.store.dtype, self.compute_dtype)
+        return segment_forward(xs, w, act)
+
+    def _issue(self, pos: int, queue: list[int], issued: int, needed: dict[int, int]) -> int:
+        """Queue fetches for `queue[issued:]` while staging buffers are free; returns the new count."""
+        while issued < len(queue) and self.staging.free:
+            e = queue[issued]
+            src = self.store.rows(pos, e, needed[e], self.I)
+            self.staging.fetch((pos, e), src, needed[e], self.transfer)
+            self.stats.record_bytes(pos, src.numel())
+            issued += 1
+        return issued
+
+    def _prefetch(self, nxt: int, x: torch.Tensor) -> None:
+        router = self.routers[nxt]
+        with torch.no_grad():
+            _, _, chosen = type(router).forward(router, x)  # the family's own rule, without hooks
+            guess = chosen[0].tolist()
+            if self.prefetch_extra:
+                logits = nn.functional.linear(x.reshape(-1, x.shape[-1]), router.weight)[0]
+                ranked = logits.topk(min(len(logits), len(guess) + self.prefetch_extra)).indices.tolist()
+                guess += [e for e in ranked if e not in guess][:self.prefetch_extra]
+        self.guesses[nxt] = guess
+        self.stats.layers[nxt].prefetched = guess
+        if self.recording:
+            self.recording[-1][1][nxt] = guess + [-1] * (self.spec.top_k + self.prefetch_extra - len(guess))
+        cached = self.directory.cached(nxt)
+        top = self.pool.rows[nxt]
+        for e in guess:
+            start = top if e in cached else 0
+            if start >= self.I or (nxt, e) in self.staging.entries or not self.staging.free:
+                continue
+            src = self.store.rows(nxt, e, start, self.I)
+            self.staging.fetch((nxt, e), src, start, self.transfer, prefetched=True)
+            self.stats.record_bytes(nxt, src.numel(), prefetched=True)
+
+    # --- reporting ----------------------------------------------------------------------------
+    def layer_snapshot(self, pos: int) -> dict:
+        s = self.stats.layers[pos]
+        plan = self.layout.layers[pos]
+        state = "top" if self.is_split(pos) else "full"
+        cached = [None] * self.spec.num_experts
+        for e in self.directory.cached(pos):
+            cached[e] = state
+        return {
+            "layer": self.spec.moe_layers[pos], "budget_bytes": plan.budget_bytes, "split_ratio": plan.split_ratio,
+            "slots": plan.slots, "cached": cached, "active": list(s.active), "prefetched": list(s.prefetched),
+            "hits": s.hits, "misses": s.misses, "top_hits": s.top_hits, "full_hits": s.full_hits,
+            "bytes_fetched": s.bytes_fetched, "prefetch_bytes": s.prefetch_bytes,
+            "prefetch_wasted_bytes": s.prefetch_wasted_bytes,
+            "prefetch_precision": s.precision, "prefetch_recall": s.recall,
+        }

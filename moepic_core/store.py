@@ -1,0 +1,215 @@
+"""ExpertStore: every routed expert of a model, packed neuron-major in host memory.
+
+Data: uint8 `[L_moe, E, I, row_bytes]` — expert (l, e) rows `[a, b)` are one contiguous byte
+range (see quant.py for the row format). Built once from the checkpoint's per-expert tensors,
+read one tensor at a time with plain file reads (no mmap, never the fused tensor, never the whole
+model twice), written to an on-disk cache with an atomic rename, and memory-mapped on later loads
+(copied into pinned memory instead when CUDA is present, so copies to the GPU can be async).
+
+Cache file: MAGIC (8 bytes) | header length (u64) | JSON header | zero pad | data at DATA_OFFSET.
+The header holds the format version, a fingerprint of the source checkpoint and options, and a
+CRC32 per layer. A cache whose magic, version, fingerprint, size or CRCs disagree is rebuilt.
+Stores over FULL_VERIFY_BYTES check the CRC of each layer's first and last MiB instead of all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ModelLoadError
+from .fsutil import atomic_path
+from .models import read_safetensors_header, weight_files
+from .quant import encode_rows, pack_expert
+from .spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+STORE_VERSION = 1
+MAGIC = b"MOEPICX\x01"
+DATA_OFFSET = 1 << 16
+FULL_VERIFY_BYTES = 2 << 30
+SAMPLE = 1 << 20
+ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MOEPIC_CACHE_DIR") or Path.home() / ".cache" / "moepic")
+
+
+class CheckpointReader:
+    """Reads single tensors from a folder of safetensors files by offset, without mmap."""
+
+    def __init__(self, folder: Path):
+        self.entries = {}
+        for path in weight_files(folder):
+            header = read_safetensors_header(path)
+            base = 8 + struct.unpack("<Q", path.open("rb").read(8))[0]
+            for key, info in header.items():
+                if key != "__metadata__":
+                    self.entries[key] = (path, base, info)
+        self.files = weight_files(folder)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def keys(self):
+        return self.entries.keys()
+
+    def get(self, key: str) -> torch.Tensor:
+        try:
+            path, base, info = self.entries[key]
+        except KeyError:
+            raise ModelLoadError(f"checkpoint has no tensor {key!r}") from None
+        if info["dtype"] not in ST_DTYPES:
+            raise ModelLoadError(f"tensor {key} has dtype {info['dtype']}, which the store cannot read")
+        start, stop = info["data_offsets"]
+        buf = bytearray(stop - start)
+        with open(path, "rb") as f:
+            f.seek(base + start)
+            if f.readinto(buf) != len(buf):
+                raise ModelLoadError(f"corrupt safetensors file {path}: tensor {key} is truncated")
+        return torch.frombuffer(buf, dtype=ST_DTYPES[info["dtype"]]).view(info["shape"])
+
+    def fingerprint(self) -> list:
+        return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.files]
+
+
+class ExpertStore:
+    def __init__(self, data: torch.Tensor, spec: ModelSpec, quant: str, dtype: str, path: Path | None):
+        self.data = data  # uint8 [L_moe, E, I, row_bytes]
+        self.spec, self.quant, self.dtype, self.path = spec, quant, dtype, path
+        self.row_bytes = data.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    @property
+    def pinned(self) -> bool:
+        return self.data.is_pinned()
+
+    def rows(self, pos: int, expert: int, start: int, stop: int) -> torch.Tensor:
+        """uint8 [stop - start, row_bytes]: rows of expert `expert` in MoE layer number `pos`."""
+        return self.data[pos, expert, start:stop]
+
+    # --- building and opening -----------------------------------------------------------------
+    @classmethod
+    def open(cls, reader: CheckpointReader, adapter, spec: ModelSpec, *, quant: str, dtype: str,
+             cache_dir: Path | None = None, pin: bool = False, progress=None) -> "ExpertStore":
+        """Load the cached store for these options, building (or rebuilding) it when needed."""
+        shape = (spec.num_moe_layers, spec.num_experts, spec.intermediate_size, spec.row_bytes(quant, dtype))
+        fp = hashlib.sha256(json.dumps([STORE_VERSION, quant, dtype, reader.fingerprint(), list(spec.moe_layers),
+                                        shape]).encode()).hexdigest()
+        path = Path(cache_dir or default_cache_dir()) / f"{spec.name}-{quant}-{dtype}-{fp[:16]}.experts"
+        problem = check_cache(path, fp, shape) if path.exists() else "missing"
+        if problem:
+            if problem != "missing":
+                log.warning("expert cache %s is unusable (%s); rebuilding it", path, problem)
+            build_cache(path, reader, adapter, spec, quant=quant, dtype=dtype, fingerprint=fp, shape=shape,
+                        progress=progress)
+        data = map_cache(path, shape, pin=pin)
+        return cls(data, spec, quant, dtype, path)
+
+
+def _header_bytes(header: dict) -> bytes:
+    blob = json.dumps(header).encode()
+    out = MAGIC + struct.pack("<Q", len(blob)) + blob
+    if len(out) > DATA_OFFSET:
+        raise ValueError("store header too large")
+    return out + b"\0" * (DATA_OFFSET - len(out))
+
+
+def read_header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        if f.read(8) != MAGIC:
+            raise ValueError("bad magic")
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n))
+
+
+def _sample_crc(f, start: int, length: int) -> int:
+    crc = 0
+    for off in sorted({start, max(start, start + length - SAMPLE)}):
+        f.seek(DATA_OFFSET + off)
+        crc = zlib.crc32(f.read(min(SAMPLE, length)), crc)
+    return crc
+
+
+def check_cache(path: Path, fingerprint: str, shape: tuple) -> str | None:
+    """None if the cache at `path` is usable, else what is wrong with it."""
+    try:
+        header = read_header(path)
+    except (OSError, ValueError, struct.error) as e:
+        return f"unreadable header: {e}"
+    if header.get("version") != STORE_VERSION:
+        return f"format version {header.get('version')} != {STORE_VERSION}"
+    if header.get("fingerprint") != fingerprint or tuple(header.get("shape", ())) != shape:
+        return "stale: made from other weights or options"
+    layer_bytes = int(np.prod(shape[1:]))
+    if path.stat().st_size != DATA_OFFSET + shape[0] * layer_bytes:
+        return "wrong size (truncated?)"
+    full = shape[0] * layer_bytes <= FULL_VERIFY_BYTES
+    with open(path, "rb") as f:
+        for i in range(shape[0]):
+            if full:
+                f.seek(DATA_OFFSET + i * layer_bytes)
+                crc, want = zlib.crc32(f.read(layer_bytes)), header["layer_crc"][i]
+            else:
+                crc, want = _sample_crc(f, i * layer_bytes, layer_bytes), header["sample_crc"][i]
+            if crc != want:
+                return f"checksum mismatch in layer {i}"
+    return None
+
+
+def build_cache(path: Path, reader: CheckpointReader, adapter, spec: ModelSpec, *, quant: str, dtype: str,
+                fingerprint: str, shape: tuple, progress=None) -> None:
+    """Pack every expert, one at a time, straight into the cache file (temporary file, then rename)."""
+    layer_bytes = int(np.prod(shape[1:]))
+    total = spec.num_moe_layers * spec.num_experts
+    layer_crc, sample_crc = [], []
+    with atomic_path(path) as tmp, open(tmp, "wb+") as f:
+        f.write(b"\0" * DATA_OFFSET)
+        for pos, layer in enumerate(spec.moe_layers):
+            crc = 0
+            for e in range(spec.num_experts):
+                gate, up, down = (reader.get(adapter.expert_key(layer, e, k)) for k in ("gate", "up", "down"))
+                if gate.shape != (spec.intermediate_size, spec.hidden_size) or down.shape != (
+                        spec.hidden_size, spec.intermediate_size):
+                    raise ModelLoadError(f"expert {e} of layer {layer} has shapes {tuple(gate.shape)}, "
+                                         f"{tuple(down.shape)}; the config says I={spec.intermediate_size}")
+                blob = encode_rows(pack_expert(gate, up, down), quant, dtype).numpy().tobytes()
+                f.write(blob)
+                crc = zlib.crc32(blob, crc)
+                if progress:
+                    progress("packing experts", (pos * spec.num_experts + e + 1) / total)
+            layer_crc.append(crc)
+            sample_crc.append(_sample_crc(f, pos * layer_bytes, layer_bytes))
+            f.seek(DATA_OFFSET + (pos + 1) * layer_bytes)
+        header = {"version": STORE_VERSION, "fingerprint": fingerprint, "shape": list(shape), "quant": quant,
+                  "dtype": dtype, "model": spec.name, "layer_crc": layer_crc, "sample_crc": sample_crc}
+        f.seek(0)
+        f.write(_header_bytes(header))
+        f.flush()
+
+
+def map_cache(path: Path, shape: tuple, pin: bool) -> torch.Tensor:
+    """The cache's data as a uint8 tensor: memory-mapped, or read into pinned memory when `pin`."""
+    nbytes = int(np.prod(shape))
+    if pin:
+        data = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        view = data.numpy()
+        with open(path, "rb") as f:
+            f.seek(DATA_OFFSET)
+            for off in range(0, nbytes, 64 << 20):
+                f.readinto(memoryview(view[off:off + (64 << 20)]))
+        return data.view(shape)
+    mm = np.memmap(path, dtype=np.uint8, mode="c", offset=DATA_OFFSET, shape=(nbytes,))
+    return torch.from_numpy(mm).view(shape)
