@@ -1,0 +1,180 @@
+"""Evaluate the built-in demo model: held-out perplexity, chat answers, routing statistics.
+
+    python scripts/eval_demo.py --model assets/demo-model --corpus data/demo_corpus [--engine] [--json out.json]
+
+Plain transformers (eager experts, float32):
+  - held-out perplexity over consecutive 256-token windows of the held-out plays;
+  - greedy and sampled answers to five prompts through the chat template;
+  - routing per MoE layer on the held-out text in real token order: usage entropy (bits; 3.0 is
+    uniform over 8), the two busiest experts' share of activations, dead experts (no activation),
+    and the LRU hit rate with half the experts cached, real token order vs the same tokens shuffled.
+With --engine (needs `moepic_core.Engine`): held-out perplexity through the engine in float32, int8
+and int4, and a routing trace of decoded tokens saved beside the model (moepic_core.trace format).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PROMPTS = [
+    [{"role": "user", "content": "What news from the court, my lord?"}],
+    [{"role": "user", "content": "Good morrow. How fares the queen today?"}],
+    [{"role": "user", "content": "Wilt thou fight for me tomorrow?"}],
+    [{"role": "user", "content": "I love thee more than words can tell."}],
+    [{"role": "system", "content": "Enter a Messenger."}, {"role": "user", "content": "Speak, what tidings?"}],
+]
+SEQ_LEN = 256
+
+
+def load_model(folder: str):
+    from transformers import AutoTokenizer, MixtralForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = MixtralForCausalLM.from_pretrained(folder, dtype=torch.float32, experts_implementation="eager").eval()
+    return tok, model
+
+
+def windows(ids: torch.Tensor, seq_len: int = SEQ_LEN) -> list[torch.Tensor]:
+    """Consecutive non-overlapping windows of seq_len + 1 ids (input plus the shifted target)."""
+    n = (len(ids) - 1) // seq_len
+    return [ids[i * seq_len:(i + 1) * seq_len + 1] for i in range(n)]
+
+
+@torch.no_grad()
+def perplexity(model, ids: torch.Tensor, batch: int = 8) -> float:
+    total, count = 0.0, 0
+    rows = windows(ids)
+    for i in range(0, len(rows), batch):
+        x = torch.stack(rows[i:i + batch])
+        logits = model(input_ids=x[:, :-1]).logits
+        total += F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum").item()
+        count += x[:, 1:].numel()
+    return math.exp(total / count)
+
+
+@torch.no_grad()
+def answer(model, tok, messages, do_sample: bool, seed: int = 0, max_new_tokens: int = 64) -> str:
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    torch.manual_seed(seed)
+    sampling = dict(do_sample=True, temperature=0.8, top_p=0.95) if do_sample else dict(do_sample=False)
+    out = model.generate(**ids, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, **sampling)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def routing(model, ids: torch.Tensor, top_k: int) -> np.ndarray:
+    """Experts chosen per token and layer in text order: int16 [T, L, k] (router top-k, as the model does)."""
+    chosen = []
+    for row in windows(ids):
+        out = model(input_ids=row[None, :-1], output_router_logits=True)
+        chosen.append(torch.stack([r.topk(top_k, dim=-1).indices for r in out.router_logits], dim=1))
+    return torch.cat(chosen).numpy().astype(np.int16)
+
+
+def lru_hit_rate(experts: np.ndarray, capacity: int) -> float:
+    """Replay one layer's expert sets [T, k] through an LRU cache of `capacity` experts."""
+    cache: OrderedDict[int, None] = OrderedDict()
+    hits = total = 0
+    for token in experts.tolist():
+        for e in token:
+            total += 1
+            if e in cache:
+                hits += 1
+                cache.move_to_end(e)
+            else:
+                cache[e] = None
+                if len(cache) > capacity:
+                    cache.popitem(last=False)
+        for e in token:  # all k experts of a token are in use together
+            cache.move_to_end(e)
+    return hits / max(1, total)
+
+
+def routing_table(trace: np.ndarray, num_experts: int, seed: int = 0) -> list[dict]:
+    T, L, k = trace.shape
+    shuffled = trace[np.random.default_rng(seed).permutation(T)]
+    rows = []
+    for l in range(L):
+        counts = np.bincount(trace[:, l].ravel(), minlength=num_experts)
+        p = counts / counts.sum()
+        nz = p[p > 0]
+        rows.append(dict(layer=l, entropy_bits=float(-(nz * np.log2(nz)).sum()),
+                         top2_share=float(np.sort(p)[::-1][:2].sum()), dead=int((counts == 0).sum()),
+                         min_share=float(p.min()),
+                         lru_real=lru_hit_rate(trace[:, l], num_experts // 2),
+                         lru_shuffled=lru_hit_rate(shuffled[:, l], num_experts // 2)))
+    return rows
+
+
+def print_routing(rows: list[dict], tokens: int) -> None:
+    print(f"\nrouting on {tokens:,} held-out tokens (LRU: half the experts cached per layer)")
+    print("| layer | entropy (bits) | top-2 share | dead | min share | LRU hit real | LRU hit shuffled |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| {layer} | {entropy_bits:.3f} | {top2_share:.3f} | {dead} | {min_share:.3f} | {lru_real:.3f} | "
+              "{lru_shuffled:.3f} |".format(**r))
+
+
+def engine_eval(folder: str, ids: torch.Tensor, trace_tokens: int) -> dict:
+    """Perplexity through the engine per quantization, and a decode routing trace saved beside the model."""
+    from moepic_core import Engine
+
+    result = {}
+    for quant in ("none", "int8", "int4"):
+        t = time.time()
+        engine = Engine.load(folder, quant=quant)
+        result[quant] = perplexity(engine.model, ids)
+        print(f"engine quant={quant}: held-out perplexity {result[quant]:.3f} ({time.time() - t:.0f} s)", flush=True)
+        del engine
+    return result
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="assets/demo-model")
+    ap.add_argument("--corpus", default="data/demo_corpus")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--engine", action="store_true", help="also evaluate through moepic_core.Engine")
+    ap.add_argument("--trace-tokens", type=int, default=256)
+    ap.add_argument("--json", default=None, help="write all results here")
+    ap.add_argument("--max-tokens", type=int, default=0, help="use only the first N held-out tokens (quick checks)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    tok, model = load_model(args.model)
+    held = torch.tensor(tok((Path(args.corpus) / "heldout.txt").read_text(encoding="utf-8"))["input_ids"])
+    if args.max_tokens:
+        held = held[:args.max_tokens]
+    results = {"model": args.model, "heldout_tokens": int(len(held))}
+    results["heldout_ppl"] = perplexity(model, held)
+    print(f"held-out perplexity (transformers, float32): {results['heldout_ppl']:.3f} "
+          f"(CE {math.log(results['heldout_ppl']):.4f} nats/token over {len(windows(held)) * SEQ_LEN:,} tokens)")
+
+    results["answers"] = []
+    for messages in PROMPTS:
+        row = {"messages": messages, "greedy": answer(model, tok, messages, False),
+               "sampled": answer(model, tok, messages, True, seed=0)}
+        results["answers"].append(row)
+        print(f"\nprompt: {json.dumps(messages)}\n  greedy:  {row['greedy']!r}\n  sampled: {row['sampled']!r}")
+
+    trace = routing(model, held, model.config.num_experts_per_tok)
+    results["routing"] = routing_table(trace, model.config.num_local_experts)
+    print_routing(results["routing"], trace.shape[0])
+
+    if args.engine:
+        results["engine_ppl"] = engine_eval(args.model, held, args.trace_tokens)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The built-in demo model (assets/demo-model): it loads, its chat template speaks the corpus's format,
+it has learned the corpus, and the engine generates exactly what transformers generates."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo-model"
+pytestmark = pytest.mark.skipif(not (DEMO / "config.json").exists(), reason="assets/demo-model not built")
+
+CONVERSATION = [
+    {"role": "system", "content": "Enter a Messenger."},
+    {"role": "user", "content": "Speak, what tidings?"},
+    {"role": "assistant", "content": "The French are landed, sir."},
+    {"role": "user", "content": "  So soon?  ", "name": "Hamlet"},
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(DEMO)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    return AutoModelForCausalLM.from_pretrained(DEMO, dtype=torch.float32, experts_implementation="eager").eval()
+
+
+def test_files_and_size():
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json", "README.md"):
+        assert (DEMO / name).is_file(), name
+    assert (DEMO / "model.safetensors").stat().st_size <= 40 * 2**20
+
+
+def test_config_fits_the_engine(model):
+    c = model.config
+    assert c.model_type == "mixtral"
+    assert c.hidden_size % 64 == 0 and c.intermediate_size % 16 == 0  # int4/int8 groups of 64 along H
+    assert c.num_local_experts == 8 and c.num_experts_per_tok == 2
+
+
+def test_checkpoint_keeps_per_expert_keys():
+    from safetensors import safe_open
+
+    with safe_open(DEMO / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "model.layers.0.block_sparse_moe.experts.7.w1.weight" in keys
+    assert not any("gate_up_proj" in k for k in keys)
+
+
+def test_chat_template_renders_speaker_turns(tok):
+    text = tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    assert text == ("[Enter a Messenger.]\n"
+                    "FIRST LORD.\nSpeak, what tidings?<|end|>"
+                    "KING.\nThe French are landed, sir.<|end|>"
+                    "HAMLET.\nSo soon?<|end|>"
+                    "KING.\n")
+    assert tok.eos_token == "<|end|>"
+    assert tok.convert_tokens_to_ids("<|end|>") == tok.eos_token_id
+    ids = tok.apply_chat_template(CONVERSATION, add_generation_prompt=True)["input_ids"]
+    assert ids.count(tok.eos_token_id) == 3  # one eos per finished turn: the answer stops at its own eos
+
+
+def test_generation_config_stops_at_end_of_turn(tok):
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig.from_pretrained(DEMO)
+    assert gen.eos_token_id == tok.eos_token_id
+
+
+def test_model_has_learned_the_corpus(model, tok):
+    # A speech from Romeo and Juliet (training split): far below uniform (ln 4096 = 8.3 nats/token).
+    text = ("ROMEO.\nBut soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun!"
+            "<|end|>JULIET.\nO Romeo, Romeo! wherefore art thou Romeo?<|end|>")
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss.item()
+    assert loss < 0.6 * math.log(len(tok))
+
+
+def _engine():
+    try:
+        from moepic_core import Engine
+    except ImportError:
+        pytest.skip("moepic_core.Engine not available yet")
+    return Engine
+
+
+def test_engine_greedy_matches_transformers(model, tok):
+    Engine = _engine()
+    engine = Engine.load(str(DEMO), dtype="float32", quant="none")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What news from the court?"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, do_sample=False,
+                              eos_token_id=None, pad_token_id=tok.pad_token_id)[0, prompt.shape[1]:].tolist()
+    got = engine.generate(prompt, max_new_tokens=24, do_sample=False)
+    assert list(got)[:24] == expected
