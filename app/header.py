@@ -1,0 +1,54 @@
+"""The header: GPU, VRAM, RAM, and a plain "CPU mode" banner when there is no CUDA GPU."""
+from __future__ import annotations
+
+import html
+
+from app.panels import fmt_bytes
+
+
+def detect_hardware() -> dict:
+    """`moepic_core.hardware.detect().to_dict()` (gpu, vram_total_bytes, vram_free_bytes, driver,
+    ram_total_bytes, ram_available_bytes, cpu_cores, cuda)."""
+    try:
+        from moepic_core.hardware import detect
+    except ImportError:  # TODO(app): delete once moepic_core.hardware lands
+        return _fallback_hardware()
+    return detect().to_dict()
+
+
+def _fallback_hardware() -> dict:
+    import os
+
+    import psutil
+
+    vm = psutil.virtual_memory()
+    hw = dict(gpu=None, vram_total_bytes=0, vram_free_bytes=0, driver=None, ram_total_bytes=vm.total,
+              ram_available_bytes=vm.available, cpu_cores=os.cpu_count(), cuda=False)
+    try:
+        import torch
+
+        hw["cuda"] = torch.cuda.is_available()
+        if hw["cuda"]:
+            free, total = torch.cuda.mem_get_info()
+            hw.update(gpu=torch.cuda.get_device_name(0), vram_total_bytes=total, vram_free_bytes=free)
+    except Exception:  # noqa: BLE001 - a missing or broken CUDA install means CPU mode
+        pass
+    return hw
+
+
+def header_html(hw: dict) -> str:
+    ram = f'RAM {fmt_bytes(hw.get("ram_available_bytes"))} free of {fmt_bytes(hw.get("ram_total_bytes"))}'
+    cores = f'{hw.get("cpu_cores", "?")} CPU cores'
+    if hw.get("gpu"):
+        gpu = (f'<b>{html.escape(str(hw["gpu"]))}</b> · VRAM {fmt_bytes(hw.get("vram_free_bytes"))} free of '
+               f'{fmt_bytes(hw.get("vram_total_bytes"))}' + (f' · driver {html.escape(str(hw["driver"]))}'
+                                                             if hw.get("driver") else ""))
+    else:
+        gpu = "<b>No GPU found</b>"
+    banner = ""
+    if not hw.get("cuda"):
+        banner = ('<div class="mp-cpu-banner"><b>CPU mode.</b> No CUDA GPU is available, so the model runs on the '
+                  'CPU. The VRAM budget is <b>simulated</b>: the expert cache is held to that size in RAM and '
+                  'behaves as it would on a GPU of that size; speeds are CPU speeds.</div>')
+    return (f'<div class="mp-header"><div class="mp-brand">MoEpic</div>'
+            f'<div class="mp-hw">{gpu} · {ram} · {cores}</div></div>{banner}')

@@ -1,0 +1,93 @@
+"""The page: layout, element ids and event wiring. Handlers live in app.callbacks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from app import models
+from app.callbacks import Controller
+from app.config import POLICIES, QUANTS
+from app.header import header_html
+from app.panels import heatmap_html, hitrate_chart_html, split_chart_html, stats_html
+
+CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "app.css"
+ENGINE = dict(concurrency_id="engine", concurrency_limit=1)  # one GPU: engine events run one at a time
+
+
+def build(c: Controller) -> gr.Blocks:
+    cfg = c.config
+    with gr.Blocks(title="MoEpic", analytics_enabled=False) as demo:
+        gr.HTML(header_html(c.hw), elem_id="header")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=360):
+                chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height=440, layout="bubble")
+                chat_input = gr.Textbox(elem_id="chat-input", show_label=False, lines=1,
+                                        placeholder="Type a message and press Enter…", autofocus=True)
+                with gr.Row():
+                    send = gr.Button("Send", elem_id="send", variant="primary", scale=1, min_width=70)
+                    stop = gr.Button("Stop", elem_id="stop", variant="stop", scale=1, min_width=70)
+                    clear = gr.Button("Clear", elem_id="clear", scale=1, min_width=70)
+                with gr.Accordion("Generation settings", open=False, elem_id="gen-settings"):
+                    system = gr.Textbox(label="System prompt", elem_id="system-prompt", lines=2,
+                                        placeholder="Optional instructions given before the chat")
+                    temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+                                            elem_id="temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
+                    max_new = gr.Slider(1, 2048, value=cfg.max_new_tokens, step=1, label="Max new tokens",
+                                        elem_id="max-new-tokens")
+                stats = gr.HTML(stats_html(None), elem_id="stats")
+            with gr.Column(scale=6, min_width=420):
+                with gr.Row(equal_height=True):
+                    picker = gr.Dropdown(models.choices(), value=cfg.model, allow_custom_value=True, scale=5,
+                                         label="Model: demo, a hub id, or a folder path", elem_id="model-picker")
+                    quant = gr.Dropdown(list(QUANTS), value=cfg.quant, label="Quantisation", scale=2,
+                                        elem_id="quant")
+                    load = gr.Button("Load", elem_id="load", scale=1, min_width=70)
+                status = gr.HTML(c.message, elem_id="status")
+                with gr.Row(equal_height=True):
+                    slider = gr.Slider(0.0, 1.0, value=1.0, label="VRAM budget (GB)", interactive=False, scale=5,
+                                       elem_id="vram-slider")
+                    policy = gr.Dropdown(list(POLICIES), value=cfg.policy, label="Cache policy", scale=2,
+                                         elem_id="policy")
+                heatmap = gr.HTML(heatmap_html(None), elem_id="cache-heatmap")
+                hitrate = gr.HTML(hitrate_chart_html(None), elem_id="hitrate-chart")
+                split = gr.HTML(split_chart_html(None), elem_id="split-chart")
+        panel_outputs = [heatmap, split, hitrate, stats]
+
+        chat_inputs = [chat_input, chatbot, system, temperature, top_p, max_new]
+        chat_outputs = [chat_input, chatbot, *panel_outputs]
+        sent = send.click(c.chat, chat_inputs, chat_outputs, api_name="chat", **ENGINE)
+        submitted = chat_input.submit(c.chat, chat_inputs, chat_outputs, api_name="chat_enter",
+                                      api_visibility="undocumented", **ENGINE)
+        stop.click(None, None, None, cancels=[sent, submitted], api_name="stop")
+        clear.click(lambda: ([], ""), None, [chatbot, chat_input], api_name="clear")
+
+        picker.change(c.validate, [picker, quant], status, api_name="validate")
+        quant.change(c.validate, [picker, quant], status, api_visibility="undocumented")
+        load.click(c.load_model, [picker, quant, policy], [status, slider, *panel_outputs], api_name="load_model",
+                   **ENGINE)
+        slider.release(c.set_vram, slider, [status, *panel_outputs], api_name="set_vram", **ENGINE)
+        policy.input(c.set_policy, policy, [status, *panel_outputs], api_name="set_policy", **ENGINE)
+        demo.load(c.page_load, None, [status, slider, *panel_outputs], api_name="page_load", concurrency_limit=None)
+    return demo
+
+
+def launch_kwargs(host: str, port: int, share: bool = False, inbrowser: bool = False) -> dict:
+    """Offline-safe launch settings: no analytics, no share link unless asked, no external fonts."""
+    theme = gr.themes.Default(primary_hue="blue", font=["system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    return dict(server_name=host, server_port=port, share=share, inbrowser=inbrowser, footer_links=[],
+                enable_monitoring=False, ssr_mode=False, pwa=False, mcp_server=False, show_error=True,
+                theme=theme, css=CSS_FILE.read_text() if CSS_FILE.is_file() else None, quiet=True)
+
+
+def serve(c: Controller, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+          inbrowser: bool = False) -> tuple[gr.Blocks, str]:
+    """Build the page, start loading the model, and serve without blocking (`demo.block_thread()`
+    waits). Returns the Blocks and the local URL."""
+    demo = build(c)
+    demo.queue(max_size=32, default_concurrency_limit=4)
+    c.start()
+    _, url, _ = demo.launch(prevent_thread_lock=True, **launch_kwargs(host, port, share, inbrowser))
+    return demo, url

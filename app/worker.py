@@ -1,0 +1,158 @@
+"""EngineWorker: owns the engine and runs every engine call on one dedicated thread.
+
+Gradio may run each step of a generator handler on a different thread, and torch keeps thread-local
+state, so handlers never touch the engine: they submit work here and drain a queue.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterator
+
+SNAPSHOT_INTERVAL_S = 0.1  # panels refresh at most ~10 Hz while generating
+STOP_WAIT_S = 60.0  # how long a cancelled handler waits for the engine to settle
+
+
+class EngineWorker:
+    def __init__(self, engine_factory: Callable | None = None):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moepic-engine")
+        self._factory = engine_factory
+        self.engine = None
+        self.model_label: str | None = None
+        self.last_snapshot: dict | None = None
+        self.progress: tuple[str, float] | None = None  # (stage, fraction) of the load in flight
+        self.load_error: str | None = None
+        self._load: Future | None = None
+
+    # ---- loading ----
+    def _engine_class(self):
+        if self._factory is not None:
+            return self._factory
+        from moepic_core import Engine
+
+        return Engine.load
+
+    def load(self, model: str, label: str | None = None, after: Callable | None = None, **kwargs) -> Future:
+        """Load `model` on the engine thread (dropping the current engine first). `after(engine)` runs
+        there too once it is loaded, e.g. to set a simulated budget. Returns the future."""
+        def job():
+            self.engine, self.last_snapshot, self.load_error = None, None, None
+            self.model_label, self.progress = label or model, ("starting", 0.0)
+            try:
+                engine = self._engine_class()(model, progress=self._on_progress, **kwargs)
+                if after is not None:
+                    after(engine)
+            except Exception as exc:
+                self.load_error = str(exc) or type(exc).__name__
+                raise
+            finally:
+                self.progress = None
+            self.engine, self.last_snapshot = engine, engine.snapshot()
+            return engine
+
+        self._load = self._pool.submit(job)
+        return self._load
+
+    def _on_progress(self, stage: str, fraction: float) -> None:
+        self.progress = (stage, float(fraction))
+
+    @property
+    def loading(self) -> bool:
+        return self._load is not None and not self._load.done()
+
+    def wait_loaded(self, timeout: float | None = None):
+        """The engine once any load in flight has finished (None if there is none or it failed)."""
+        if self._load is not None:
+            try:
+                self._load.result(timeout=timeout)
+            except Exception:  # noqa: BLE001 - recorded in load_error
+                pass
+        return self.engine
+
+    # ---- calls on the engine thread ----
+    def call(self, fn: Callable, *args, **kwargs):
+        """Run `fn(engine, *args, **kwargs)` on the engine thread and return its result."""
+        def job():
+            if self.engine is None:
+                raise RuntimeError(self.load_error or "No model is loaded.")
+            return fn(self.engine, *args, **kwargs)
+
+        return self._pool.submit(job).result()
+
+    def reconfigure(self, **kwargs) -> dict:
+        def job(engine):
+            engine.reconfigure(**kwargs)
+            self.last_snapshot = engine.snapshot()
+            return self.last_snapshot
+
+        return self.call(job)
+
+    def snapshot(self) -> dict:
+        def job(engine):
+            self.last_snapshot = engine.snapshot()
+            return self.last_snapshot
+
+        return self.call(job)
+
+    # ---- streaming ----
+    def _generate(self, messages, stop: threading.Event, out: queue.Queue, options: dict) -> None:
+        try:
+            if self.engine is None:
+                raise RuntimeError(self.load_error or "No model is loaded yet.")
+            chunks = self.engine.stream_chat(messages, stop_event=stop, **options)
+            last = time.monotonic()
+            try:
+                for chunk in chunks:
+                    out.put(("text", chunk))
+                    if time.monotonic() - last >= SNAPSHOT_INTERVAL_S:
+                        out.put(("snap", self.engine.snapshot()))
+                        last = time.monotonic()
+                    if stop.is_set():
+                        break
+            finally:
+                chunks.close()
+            self.last_snapshot = self.engine.snapshot()
+            out.put(("snap", self.last_snapshot))
+            out.put(("done", None))
+        except Exception as exc:  # noqa: BLE001 - handed to the handler, which shows it
+            out.put(("error", exc))
+
+    def stream(self, messages: list[dict], stop: threading.Event | None = None,
+               **options) -> Iterator[tuple[str, dict | None]]:
+        """Yield `(new_text, snapshot_or_None)` batches: whatever arrived since the last batch.
+        Closing the iterator stops generation and waits for the engine thread to settle."""
+        stop = stop or threading.Event()
+        out: queue.Queue = queue.Queue()
+        future = self._pool.submit(self._generate, messages, stop, out, options)
+        try:
+            done = False
+            while not done:
+                items = [out.get()]
+                while True:
+                    try:
+                        items.append(out.get_nowait())
+                    except queue.Empty:
+                        break
+                text, snap = "", None
+                for kind, value in items:
+                    if kind == "error":
+                        raise value
+                    if kind == "done":
+                        done = True
+                    elif kind == "text":
+                        text += value
+                    else:
+                        snap = value
+                if text or snap is not None:
+                    yield text, snap
+        finally:
+            stop.set()
+            try:
+                future.result(timeout=STOP_WAIT_S)
+            except Exception:  # noqa: BLE001 - errors were already delivered through the queue
+                pass
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
