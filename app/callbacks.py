@@ -77,7 +77,7 @@ class Controller:
     def start(self) -> None:
         """Begin loading the configured model in the background; a hub model is only used if it
         is already downloaded (the network is never touched at start)."""
-        check = models.check(self.config.model, self.config.quant, psutil.virtual_memory().available)
+        check = models.check(self.config.model, self.config.quant, psutil.virtual_memory().available, self.simulated)
         if check.hub_id or not check.loadable:
             level = "warn" if check.hub_id else "error"
             self.message = status_html(level, check.message + (" Press Load to download it." if check.hub_id else ""))
@@ -114,7 +114,7 @@ class Controller:
         return self._loaded_outputs()
 
     def validate(self, choice: str, quant: str) -> str:
-        check = models.check(choice, quant, psutil.virtual_memory().available)
+        check = models.check(choice, quant, psutil.virtual_memory().available, self.simulated)
         return status_html(check.level, check.message)
 
     def _download(self, repo_id: str, progress):
@@ -136,12 +136,12 @@ class Controller:
 
     def load_model(self, choice: str, quant: str, policy: str, progress=gr.Progress()):
         ram = psutil.virtual_memory().available
-        check = models.check(choice, quant, ram)
+        check = models.check(choice, quant, ram, self.simulated)
         if check.hub_id:
             folder, error = self._download(check.hub_id, progress)
             if error:
                 return (status_html("error", error), gr.skip(), *(gr.skip(),) * 4)
-            check = models.check_folder(folder, quant, ram, choice)
+            check = models.check_folder(folder, quant, ram, self.simulated, choice)
         if not check.loadable:  # the current model, if any, stays loaded
             return (status_html("error", check.message), gr.skip(), *(gr.skip(),) * 4)
         future = self.worker.load(str(check.folder), label=choice, after=self._after_load,

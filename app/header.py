@@ -9,31 +9,9 @@ from app.panels import fmt_bytes
 def detect_hardware() -> dict:
     """`moepic_core.hardware.detect().to_dict()` (gpu, vram_total_bytes, vram_free_bytes, driver,
     ram_total_bytes, ram_available_bytes, cpu_cores, cuda)."""
-    try:
-        from moepic_core.hardware import detect
-    except ImportError:  # TODO(app): delete once moepic_core.hardware lands
-        return _fallback_hardware()
+    from moepic_core.hardware import detect
+
     return detect().to_dict()
-
-
-def _fallback_hardware() -> dict:
-    import os
-
-    import psutil
-
-    vm = psutil.virtual_memory()
-    hw = dict(gpu=None, vram_total_bytes=0, vram_free_bytes=0, driver=None, ram_total_bytes=vm.total,
-              ram_available_bytes=vm.available, cpu_cores=os.cpu_count(), cuda=False)
-    try:
-        import torch
-
-        hw["cuda"] = torch.cuda.is_available()
-        if hw["cuda"]:
-            free, total = torch.cuda.mem_get_info()
-            hw.update(gpu=torch.cuda.get_device_name(0), vram_total_bytes=total, vram_free_bytes=free)
-    except Exception:  # noqa: BLE001 - a missing or broken CUDA install means CPU mode
-        pass
-    return hw
 
 
 def header_html(hw: dict) -> str:

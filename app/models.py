@@ -12,13 +12,12 @@ from app.panels import fmt_bytes
 
 DEMO = "demo"
 DEMO_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
-HUB_IDS = (  # the known hub models, in the picker's order
-    "mistralai/Mixtral-8x7B-Instruct-v0.1",
-    "Qwen/Qwen1.5-MoE-A2.7B-Chat",
-    "Qwen/Qwen3-30B-A3B",
-    "allenai/OLMoE-1B-7B-0924-Instruct",
-)
-HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+HUB_PRESETS = {  # the known hub models, in the picker's order -> their moepic_core.presets name
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": "mixtral-8x7b",
+    "Qwen/Qwen1.5-MoE-A2.7B-Chat": "qwen1.5-moe-a2.7b",
+    "Qwen/Qwen3-30B-A3B": "qwen3-30b-a3b",
+    "allenai/OLMoE-1B-7B-0924-Instruct": "olmoe-1b-7b",
+}
 RAM_WARN_SHARE = 0.8  # warn when a model needs more than this share of the available RAM
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -40,7 +39,7 @@ class ModelCheck:
 
 
 def choices() -> list[str]:
-    return [DEMO, *HUB_IDS]
+    return [DEMO, *HUB_PRESETS]
 
 
 def is_hub_id(choice: str) -> bool:
@@ -49,33 +48,30 @@ def is_hub_id(choice: str) -> bool:
 
 def cached_hub_folder(repo_id: str) -> Path | None:
     """The local snapshot of `repo_id` if it was downloaded before; never touches the network."""
-    from huggingface_hub import snapshot_download
+    from moepic_core.hub import cached_snapshot
 
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any failure here just means "not downloaded yet"
-        return None
-    return folder if any(folder.glob("*.safetensors")) else None
+    folder = cached_snapshot(repo_id)
+    return folder if folder is not None and any(folder.glob("*.safetensors")) else None
 
 
-def _config_dtype(folder: Path) -> str:
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+def engine_dtype(folder: Path | None, cpu: bool) -> str:
+    """The dtype the engine will compute in: float32 on the CPU, the checkpoint's half type on a GPU."""
+    if cpu:
         return "float32"
-    dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32").replace("torch.", "")
-    return dtype if dtype in ("float32", "float16", "bfloat16") else "float32"
+    try:
+        cfg = json.loads((folder / "config.json").read_text()) if folder else {}
+    except (OSError, ValueError):
+        cfg = {}
+    return "bfloat16" if "bfloat16" in str(cfg.get("dtype") or cfg.get("torch_dtype") or "") else "float16"
 
 
-def ram_need(folder: Path, quant: str, dtype: str | None = None) -> tuple[int, str]:
-    """Bytes of host RAM the model needs (all experts + the dense part), and a breakdown."""
-    from moepic_core.models import load_spec
-
-    spec = load_spec(folder)
-    dtype = dtype or _config_dtype(folder)
-    store, dense = spec.store_bytes(quant, dtype), spec.dense_bytes(dtype)
+def ram_need_spec(spec, quant: str, dtype: str, cpu: bool) -> tuple[int, str]:
+    """Bytes of host RAM for the experts (plus the dense part in CPU mode), and a breakdown."""
+    store = spec.store_bytes(quant, dtype)
+    dense = spec.dense_bytes(dtype) if cpu else 0
+    where = f" + dense part {fmt_bytes(dense)}" if cpu else " (dense part goes to VRAM)"
     detail = (f"{spec.family}, {spec.num_moe_layers} MoE layers × {spec.num_experts} experts (top-{spec.top_k}); "
-              f"experts {fmt_bytes(store)} at {quant if quant != 'none' else dtype} + dense part {fmt_bytes(dense)}")
+              f"experts {fmt_bytes(store)} at {quant if quant != 'none' else dtype}{where}")
     return store + dense, detail
 
 
@@ -88,7 +84,7 @@ def ram_verdict(need: int, available: int) -> tuple[str, str]:
     return "ok", f"RAM check passed: {numbers}."
 
 
-def check_folder(folder: Path, quant: str, ram_available: int, choice: str | None = None) -> ModelCheck:
+def check_folder(folder: Path, quant: str, ram_available: int, cpu: bool, choice: str | None = None) -> ModelCheck:
     choice = choice or str(folder)
     if not folder.is_dir():
         return ModelCheck(choice, "error", f"No such folder: {folder}")
@@ -96,17 +92,17 @@ def check_folder(folder: Path, quant: str, ram_available: int, choice: str | Non
         return ModelCheck(choice, "error", f"{folder} has no config.json: it is not a transformers model folder.")
     if not any(folder.glob("*.safetensors")):
         return ModelCheck(choice, "error", f"{folder} has no .safetensors weights (other formats are not read).")
+    from moepic_core.models import load_spec
+
     try:
-        need, detail = ram_need(folder, quant)
-    except ImportError:  # TODO(app): drop once moepic_core.models.load_spec exists
-        return ModelCheck(choice, "ok", "Model folder found (size check unavailable).", folder=folder)
+        need, detail = ram_need_spec(load_spec(folder), quant, engine_dtype(folder, cpu), cpu)
     except Exception as exc:  # noqa: BLE001 - MoepicError, bad config: shown inline as is
         return ModelCheck(choice, "error", str(exc))
     level, verdict = ram_verdict(need, ram_available)
     return ModelCheck(choice, level, f"{detail}. {verdict}", folder=folder, need_bytes=need)
 
 
-def check(choice: str, quant: str, ram_available: int) -> ModelCheck:
+def check(choice: str, quant: str, ram_available: int, cpu: bool) -> ModelCheck:
     """Validate a picker entry (demo, a hub id, or a folder path) without loading anything."""
     choice = (choice or "").strip()
     if not choice:
@@ -115,20 +111,35 @@ def check(choice: str, quant: str, ram_available: int) -> ModelCheck:
         if not (DEMO_FOLDER / "config.json").is_file():
             return ModelCheck(choice, "error", f"The built-in demo model is missing ({DEMO_FOLDER}). "
                                                "Type the path of a model folder instead.")
-        return check_folder(DEMO_FOLDER, quant, ram_available, choice)
+        return check_folder(DEMO_FOLDER, quant, ram_available, cpu, choice)
     if is_hub_id(choice):
         folder = cached_hub_folder(choice)
         if folder is not None:
-            return check_folder(folder, quant, ram_available, choice)
-        return ModelCheck(choice, "warn", f"{choice} is not downloaded yet: Load downloads it from huggingface.co "
-                                          "(safetensors only), then checks RAM before loading.", hub_id=choice)
-    return check_folder(Path(choice).expanduser(), quant, ram_available, choice)
+            return check_folder(folder, quant, ram_available, cpu, choice)
+        return check_hub(choice, quant, ram_available, cpu)
+    return check_folder(Path(choice).expanduser(), quant, ram_available, cpu, choice)
+
+
+def check_hub(repo_id: str, quant: str, ram_available: int, cpu: bool) -> ModelCheck:
+    """A known hub model that is not downloaded: the RAM check from its preset, before any download."""
+    from moepic_core.presets import PRESETS
+
+    preset = PRESETS.get(HUB_PRESETS.get(repo_id, ""))
+    intro = f"{repo_id} is not downloaded yet: Load downloads it from huggingface.co (safetensors only)"
+    if preset is None:
+        return ModelCheck(repo_id, "warn", f"{intro}; its size is checked after the download.", hub_id=repo_id)
+    dtype = "float32" if cpu else "bfloat16"
+    need, detail = ram_need_spec(preset, quant, dtype, cpu)
+    download_bytes = preset.store_bytes("none", "bfloat16") + preset.dense_bytes("bfloat16")
+    level, verdict = ram_verdict(need, ram_available)
+    return ModelCheck(repo_id, level, f"{intro}, ≈ {fmt_bytes(download_bytes)}. {detail}. {verdict}",
+                      hub_id=repo_id if level != "error" else None, need_bytes=need)
 
 
 def download(repo_id: str, progress) -> Path:
-    """Download `repo_id`'s safetensors, config and tokenizer; `progress(stage, fraction)` follows the bytes.
-    Offline or unreachable hub: a RuntimeError that says so."""
-    from huggingface_hub import snapshot_download
+    """Download `repo_id`'s safetensors, config and tokenizer; `progress(stage, fraction)` follows the
+    bytes. Offline: ModelLoadError with a message that says so."""
+    from moepic_core.hub import download as hub_download
     from tqdm.auto import tqdm
 
     class Reporter(tqdm):
@@ -143,9 +154,4 @@ def download(repo_id: str, progress) -> Path:
                          min(1.0, self.n / self.total))
             return out
 
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, tqdm_class=Reporter))
-    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many kinds; the user needs one message
-        raise RuntimeError(f"Could not download {repo_id}: huggingface.co is unreachable or refused "
-                           f"({type(exc).__name__}). If this machine is offline, download the model elsewhere, "
-                           "copy the folder here and type its path in the picker.") from exc
+    return hub_download(repo_id, tqdm_class=Reporter)
