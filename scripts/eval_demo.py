@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -115,8 +116,8 @@ def routing_table(trace: np.ndarray, num_experts: int, seed: int = 0) -> list[di
     return rows
 
 
-def print_routing(rows: list[dict], tokens: int) -> None:
-    print(f"\nrouting on {tokens:,} held-out tokens (LRU: half the experts cached per layer)")
+def print_routing(rows: list[dict], tokens: int, what: str = "held-out text, prefill") -> None:
+    print(f"\nrouting on {tokens:,} tokens of {what} (LRU: half the experts cached per layer)")
     print("| layer | entropy (bits) | top-2 share | dead | min share | LRU hit real | LRU hit shuffled |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -124,17 +125,43 @@ def print_routing(rows: list[dict], tokens: int) -> None:
               "{lru_shuffled:.3f} |".format(**r))
 
 
-def engine_eval(folder: str, ids: torch.Tensor, trace_tokens: int) -> dict:
-    """Perplexity through the engine per quantization, and a decode routing trace saved beside the model."""
+def engine_eval(folder: str, ids: torch.Tensor, trace_path: Path | None, trace_tokens: int, cache_dir: str) -> dict:
+    """Perplexity through the engine (CPU, float32 compute) per expert quantization; then a routing trace
+    of sampled chat answers decoded through the float32 engine, saved to `trace_path`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for moepic_core
     from moepic_core import Engine
 
-    result = {}
+    result = {"ppl": {}}
     for quant in ("none", "int8", "int4"):
         t = time.time()
-        engine = Engine.load(folder, quant=quant)
-        result[quant] = perplexity(engine.model, ids)
-        print(f"engine quant={quant}: held-out perplexity {result[quant]:.3f} ({time.time() - t:.0f} s)", flush=True)
-        del engine
+        engine = Engine.load(folder, device="cpu", dtype="float32", quant=quant, cache_dir=cache_dir)
+        with torch.no_grad():
+            result["ppl"][quant] = perplexity(engine.model, ids)
+        print(f"engine quant={quant}: held-out perplexity {result['ppl'][quant]:.3f} ({time.time() - t:.0f} s)",
+              flush=True)
+        if quant != "none":
+            engine.close()
+            continue
+        from moepic_core.text import chat_input_ids
+
+        engine.start_trace()
+        seed = 0
+        while engine.runtime.recording is not None and len(engine.runtime.recording) < trace_tokens:
+            messages = PROMPTS[seed % len(PROMPTS)]
+            engine.generate(chat_input_ids(engine.tokenizer, messages), max_new_tokens=96, do_sample=True,
+                            temperature=0.8, top_p=0.95, seed=seed)
+            seed += 1
+        trace = engine.stop_trace()
+        result["trace"] = dict(trace.stats(), answers=seed)
+        recall = trace.prediction_recall()
+        if recall is not None:
+            result["trace"]["prediction_recall"] = [float(r) for r in recall]
+        result["trace_routing"] = routing_table(trace.experts, trace.num_experts)
+        print_routing(result["trace_routing"], trace.num_tokens, f"decode trace through the engine ({seed} answers)")
+        if trace_path is not None:
+            trace.save(trace_path)
+            print(f"saved {trace.num_tokens} decode steps to {trace_path}: {json.dumps(result['trace'])}")
+        engine.close()
     return result
 
 
@@ -144,7 +171,9 @@ def main(argv=None) -> None:
     ap.add_argument("--corpus", default="data/demo_corpus")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--engine", action="store_true", help="also evaluate through moepic_core.Engine")
-    ap.add_argument("--trace-tokens", type=int, default=256)
+    ap.add_argument("--trace-tokens", type=int, default=256, help="decode steps to record through the engine")
+    ap.add_argument("--trace", default=None, help="where to save the trace (default: <model>/routing_trace.npz)")
+    ap.add_argument("--cache-dir", default="runs/moepic-cache", help="the engine's packed expert stores")
     ap.add_argument("--json", default=None, help="write all results here")
     ap.add_argument("--max-tokens", type=int, default=0, help="use only the first N held-out tokens (quick checks)")
     args = ap.parse_args(argv)
@@ -171,7 +200,8 @@ def main(argv=None) -> None:
     print_routing(results["routing"], trace.shape[0])
 
     if args.engine:
-        results["engine_ppl"] = engine_eval(args.model, held, args.trace_tokens)
+        trace_path = Path(args.trace) if args.trace else Path(args.model) / "routing_trace.npz"
+        results["engine"] = engine_eval(args.model, held, trace_path, args.trace_tokens, args.cache_dir)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -95,12 +95,20 @@ def _engine():
     return Engine
 
 
-def test_engine_greedy_matches_transformers(model, tok):
+def test_engine_greedy_matches_transformers(model, tok, tmp_path):
     Engine = _engine()
-    engine = Engine.load(str(DEMO), dtype="float32", quant="none")
+    engine = Engine.load(str(DEMO), device="cpu", dtype="float32", quant="none", cache_dir=str(tmp_path))
     prompt = tok.apply_chat_template([{"role": "user", "content": "What news from the court?"}],
                                      add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, do_sample=False,
                               eos_token_id=None, pad_token_id=tok.pad_token_id)[0, prompt.shape[1]:].tolist()
-    got = engine.generate(prompt, max_new_tokens=24, do_sample=False)
-    assert list(got)[:24] == expected
+    got = engine.generate(prompt, max_new_tokens=24, do_sample=False, stop_at_eos=False)
+    assert got == expected
+
+
+def test_demo_name_resolves_to_this_model(tmp_path):
+    Engine = _engine()
+    engine = Engine.load("demo", device="cpu", cache_dir=str(tmp_path))
+    assert engine.folder.resolve() == DEMO.resolve()
+    text = "".join(engine.stream_chat([{"role": "user", "content": "Good morrow."}], max_new_tokens=8))
+    assert text.strip()
