@@ -1,0 +1,250 @@
+"""The app through its HTTP API (gradio_client) on a free port, with the real engine on a tiny
+random Mixtral; plus the panel renderers on hand-made snapshots and launch.py's flags."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+ROOT = Path(__file__).resolve().parents[1]
+CHAT = dict(api_name="/chat")
+
+
+def chat_args(text: str, max_new_tokens: int = 24, history=None):
+    return (text, history or [], "", 0.0, 1.0, max_new_tokens)
+
+
+def reply_text(chatbot) -> str:
+    from app.callbacks import message_text
+
+    return message_text(chatbot[-1]["content"]) if chatbot and chatbot[-1]["role"] == "assistant" else ""
+
+
+def is_value(x) -> bool:
+    """False for the client's stand-in of a skipped output."""
+    return not (isinstance(x, dict) and x.get("__type__") == "update")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from launch import free_port
+    from moepic_core.testing import make_tiny_model
+
+    from app.callbacks import Controller
+    from app.config import AppConfig
+    from app.header import detect_hardware
+    from app.ui import serve
+
+    folder = make_tiny_model("mixtral", tmp_path_factory.mktemp("app") / "tiny-mixtral", seed=0)
+    controller = Controller(AppConfig(model=str(folder), device="cpu"), detect_hardware())
+    demo, url = serve(controller, port=free_port("127.0.0.1", 7870))
+    assert controller.worker.wait_loaded(timeout=180) is not None, controller.worker.load_error
+    yield url, controller, folder
+    demo.close()
+    controller.worker.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from gradio_client import Client
+
+    return Client(served[0], verbose=False)
+
+
+def test_message_streams_with_live_stats(client):
+    job = client.submit(*chat_args("hello there", 24), **CHAT)
+    replies, heatmaps = [], []
+    for out in job:
+        replies.append(reply_text(out[1]))
+        if is_value(out[2]):
+            heatmaps.append(out[2])
+    growing = [r for i, r in enumerate(replies) if r and (i == 0 or r != replies[i - 1])]
+    assert len(growing) >= 3, replies
+    final = job.outputs()[-1]
+    stats = final[5]
+    assert "tok/s" in stats and "hit rate" in stats
+    tokens = int(re.search(r'data-tokens="(\d+)"', final[2]).group(1))
+    assert tokens > 0 and heatmaps
+
+
+def test_stop_cancels_and_next_message_works(client, served):
+    controller = served[1]
+    job = client.submit(*chat_args("tell me a long story", 2000), **CHAT)
+    seen = 0
+    for _ in job:
+        seen += 1
+        if seen >= 3:
+            break
+    job.cancel()
+    deadline = time.time() + 30
+    while not job.done() and time.time() < deadline:
+        time.sleep(0.1)
+    assert job.done()
+    stopped_at = controller.worker.last_snapshot["totals"]["tokens"]
+    out = client.predict(*chat_args("and now?", 8), **CHAT)
+    assert reply_text(out[1]) != "" or "tok/s" in out[5]
+    after = controller.worker.snapshot()["totals"]["tokens"]
+    assert 0 < after <= stopped_at + 8 + 1  # the cancelled reply stopped far short of 2000 tokens
+    assert stopped_at < 2000
+
+
+def test_slider_relays_out_without_reload(client, served):
+    controller = served[1]
+    engine = controller.worker.engine
+    snap = controller.worker.snapshot()
+    low = snap["budgets"]["min_vram_bytes"] / 1e9
+    experts = snap["num_layers"] * snap["num_experts"] * snap["expert_bytes"] / 1e9
+    small = client.predict(low + 0.1 * experts, api_name="/set_vram")
+    large = client.predict(low + 1.0 * experts, api_name="/set_vram")
+    assert "re-laid out" in small[0] and "re-laid out" in large[0]
+    assert small[2] != large[2]  # the per-layer plan changed
+    slots = sum(layer["slots"] for layer in controller.worker.last_snapshot["layers"])
+    assert slots == snap["num_layers"] * snap["num_experts"]  # room for every expert: all slots
+    assert controller.worker.engine is engine  # not reloaded
+    below = client.predict(low / 2, api_name="/set_vram")
+    assert "mp-error" in below[0] and "minimum" in below[0]
+
+
+def test_empty_message_is_refused(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="empty message"):
+        client.predict(*chat_args("   "), **CHAT)
+
+
+def test_invalid_model_folder_shows_error_and_app_keeps_serving(client, served, tmp_path):
+    controller = served[1]
+    engine = controller.worker.engine
+    missing = client.predict(str(tmp_path / "no-such-model"), "none", "lcp", api_name="/load_model")
+    assert "mp-error" in missing[0] and "No such folder" in missing[0]
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "bert" / "model.safetensors").write_bytes(b"\0" * 16)
+    unsupported = client.predict(str(tmp_path / "bert"), "none", "lcp", api_name="/load_model")
+    assert "mp-error" in unsupported[0] and "not supported" in unsupported[0]
+    inline = client.predict(str(tmp_path / "bert"), "none", api_name="/validate")
+    assert "not supported" in inline
+    assert controller.worker.engine is engine
+    out = client.predict(*chat_args("still there?", 4), **CHAT)
+    assert "tok/s" in out[5]
+
+
+def test_two_concurrent_chats_are_queued_not_interleaved(client):
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    finals = {}
+
+    def run(name: str):
+        job = client.submit(*chat_args(f"question {name}", 12), **CHAT)
+        for out in job:
+            times[name].append(time.monotonic())
+            finals[name] = out
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in times]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert times["a"] and times["b"]
+    first, second = sorted(times, key=lambda n: times[n][0])
+    assert times[first][-1] <= times[second][0], "the second chat streamed while the first was running"
+    for name in times:
+        from app.callbacks import message_text
+
+        assert message_text(finals[name][1][0]["content"]) == f"question {name}"
+
+
+# ---- renderers on hand-made snapshots (no engine) ----
+
+def fake_snapshot(layers: int, experts: int, tokens: int = 5) -> dict:
+    rows = [{"layer": l, "budget_bytes": 1000 * (l + 1), "split_ratio": 0.5, "slots": 2,
+             "cached": [("full", "top", None)[e % 3] for e in range(experts)], "active": [0, 1], "prefetched": [1, 2],
+             "hits": 3, "misses": 1, "top_hits": 1, "full_hits": 2, "bytes_fetched": 10, "prefetch_precision": 0.5,
+             "prefetch_recall": None, "predicted_hit_rate": None} for l in range(layers)]
+    history = [{"token": t, "hit_rate": 0.5, "top_hit_rate": 0.2, "full_hit_rate": 0.3, "bytes": 5, "tokens_per_s": 9.0}
+               for t in range(tokens)]
+    return {"model": "m", "family": "mixtral", "device": "cpu", "cpu_mode": True, "dtype": "float32", "quant": "none",
+            "policy": "lcp", "num_layers": layers, "num_experts": experts, "top_k": 2, "expert_bytes": 4096,
+            "budgets": {"vram_bytes": None, "cache_bytes": 10, "dense_bytes": 5, "kv_reserve_bytes": 1,
+                        "staging_bytes": 1, "min_vram_bytes": 7, "simulated": True},
+            "layout": {"source": "uniform", "prediction": {}}, "layers": rows,
+            "totals": {"tokens": tokens, "tokens_per_s": 9.0, "hit_rate": 0.75, "top_hits": 1, "full_hits": 2,
+                       "misses": 1, "bytes_fetched": 10, "bytes_per_token": 2.0, "effective_bandwidth_gbps": 0.1,
+                       "prefetch_precision": None, "prefetch_recall": 0.5},
+            "history": history}
+
+
+def test_panels_render_small_and_large_models_fast():
+    from app.callbacks import panels
+
+    small = panels(fake_snapshot(4, 8))
+    assert "mp-grid" in small[0] and 'title="layer 3, expert 7' in small[0]
+    start = time.perf_counter()
+    large = panels(fake_snapshot(48, 128))
+    elapsed = time.perf_counter() - start
+    assert "data:image/png;base64," in large[0] and "experts 0–127" in large[0]
+    assert all(label in small[0] for label in ("not cached", "top segment cached", "whole expert cached",
+                                               "active this token", "prefetched"))
+    assert "<svg" in small[2] and "full hit" in small[2] and "top hit" in small[2]
+    assert "GB/s" in small[3] and "tok/s" in small[3] and "simulated" in small[3]
+    assert elapsed < 0.1, f"rendering a 48x128 frame took {elapsed * 1000:.0f} ms"
+    assert all("mp-empty" in html for html in panels(None))
+
+
+def test_ram_check_warns_and_refuses_with_numbers():
+    from app.models import ram_verdict
+
+    assert ram_verdict(10, 100)[0] == "ok"
+    level, message = ram_verdict(90, 100)
+    assert level == "warn" and "90 B" in message
+    level, message = ram_verdict(3_000_000_000, 2_000_000_000)
+    assert level == "error" and "3.0 GB" in message and "2.0 GB" in message
+
+
+def test_vram_slider_range_cpu_and_gpu():
+    from app.callbacks import vram_range
+
+    snap = fake_snapshot(4, 8)
+    snap["budgets"].update(min_vram_bytes=2_000_000_000, vram_bytes=None)
+    snap["expert_bytes"] = 100_000_000
+    cpu = vram_range(snap, {}, simulated=True)
+    assert cpu["minimum"] >= 2.0 and cpu["maximum"] >= 2.0 + 3.2 and "simulated" in cpu["label"]
+    gpu = vram_range(snap, {"vram_total_bytes": 24_000_000_000}, simulated=False)
+    assert gpu["maximum"] == 24.0 and "simulated" not in gpu["label"]
+
+
+def test_launch_help_documents_every_flag():
+    out = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0
+    for flag in ("--model", "--vram-gb", "--device", "--quant", "--policy", "--host", "--port", "--no-browser",
+                 "--share"):
+        assert flag in out.stdout
+
+
+def test_launch_settings_stay_offline():
+    from app.ui import launch_kwargs
+
+    kwargs = launch_kwargs("127.0.0.1", 7860)
+    assert kwargs["share"] is False and kwargs["footer_links"] == [] and kwargs["ssr_mode"] is False
+    assert kwargs["enable_monitoring"] is False and kwargs["mcp_server"] is False and kwargs["pwa"] is False
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+
+
+def test_free_port_skips_a_taken_port():
+    import socket
+
+    from launch import free_port
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        assert free_port("127.0.0.1", taken) != taken
