@@ -107,7 +107,8 @@ class EngineWorker:
                 for chunk in chunks:
                     out.put(("text", chunk))
                     if time.monotonic() - last >= SNAPSHOT_INTERVAL_S:
-                        out.put(("snap", self.engine.snapshot()))
+                        self.last_snapshot = self.engine.snapshot()
+                        out.put(("snap", self.last_snapshot))
                         last = time.monotonic()
                     if stop.is_set():
                         break

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                                        "ignore:.*(no_silent_downcasting|copy keyword).*")
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,21 +38,14 @@ def is_value(x) -> bool:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from launch import free_port
     from moepic_core.testing import make_tiny_model
 
-    from app.callbacks import Controller
-    from app.config import AppConfig
-    from app.header import detect_hardware
-    from app.ui import serve
+    from app.testing import start_server, stop_server
 
     folder = make_tiny_model("mixtral", tmp_path_factory.mktemp("app") / "tiny-mixtral", seed=0)
-    controller = Controller(AppConfig(model=str(folder), device="cpu"), detect_hardware())
-    demo, url = serve(controller, port=free_port("127.0.0.1", 7870))
-    assert controller.worker.wait_loaded(timeout=180) is not None, controller.worker.load_error
+    demo, url, controller = start_server(folder, device="cpu")
     yield url, controller, folder
-    demo.close()
-    controller.worker.shutdown()
+    stop_server(demo, controller)
 
 
 @pytest.fixture(scope="module")
