@@ -2,7 +2,7 @@
 
     python scripts/fetch_demo_corpus.py --out data/demo_corpus
     python scripts/train_demo.py --corpus data/demo_corpus --run runs/demo --out assets/demo-model \
-        --max-steps 2400 --max-minutes 68
+        --max-steps 1500 --max-minutes 68
 
 Steps: train a byte-level BPE tokenizer on the training split; build a MixtralForCausalLM from a
 config; train with AdamW on random windows (one CPU thread by default), residual/embedding dropout
@@ -160,7 +160,7 @@ def main(argv=None) -> None:
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--balance-coef", type=float, default=0.02)
-    ap.add_argument("--max-steps", type=int, default=2400)
+    ap.add_argument("--max-steps", type=int, default=1500)
     ap.add_argument("--max-minutes", type=float, default=68.0, help="stop by the wall clock, keeping the best")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-windows", type=int, default=48)
