@@ -101,6 +101,10 @@ class Controller:
         slider = gr.Slider(interactive=True, **vram_range(snap, self.hw, self.simulated))
         return (self.message, slider, *panels(snap))
 
+    def _loaded_message(self, label: str, warning: str = "") -> str:
+        warning = " ".join(w for w in (warning, self.worker.load_warning or "") if w)
+        return status_html("warn" if warning else "ok", f"Loaded {label}." + (f" {warning}" if warning else ""))
+
     def page_load(self, progress=gr.Progress()):
         """Fill the page once the start-up load (if any) is done, showing its progress meanwhile."""
         was_loading = self.worker.loading
@@ -110,7 +114,7 @@ class Controller:
             time.sleep(0.1)
         self.worker.wait_loaded()
         if self.worker.engine is not None and (was_loading or "mp-busy" in self.message):
-            self.message = status_html("ok", f"Loaded {self.worker.model_label}.")
+            self.message = self._loaded_message(self.worker.model_label)
         return self._loaded_outputs()
 
     def validate(self, choice: str, quant: str) -> str:
@@ -149,8 +153,7 @@ class Controller:
         self._wait_with_progress(future, progress)
         self.worker.wait_loaded()
         if self.worker.engine is not None:
-            warn = f" {check.message}" if check.level == "warn" else ""
-            self.message = status_html(check.level, f"Loaded {choice}.{warn}")
+            self.message = self._loaded_message(choice, check.message if check.level == "warn" else "")
         else:
             self.message = status_html("error", f"Could not load {choice}: {self.worker.load_error}")
         return self._loaded_outputs()

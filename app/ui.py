@@ -61,7 +61,7 @@ def build(c: Controller) -> gr.Blocks:
         submitted = chat_input.submit(c.chat, chat_inputs, chat_outputs, api_name="chat_enter",
                                       api_visibility="undocumented", **ENGINE)
         stop.click(None, None, None, cancels=[sent, submitted], api_name="stop")
-        clear.click(lambda: ([], ""), None, [chatbot, chat_input], api_name="clear")
+        clear.click(lambda: ([], ""), None, [chatbot, chat_input], api_name="clear", cancels=[sent, submitted])
 
         picker.change(c.validate, [picker, quant], status, api_name="validate")
         quant.change(c.validate, [picker, quant], status, api_visibility="undocumented")

@@ -24,6 +24,7 @@ class EngineWorker:
         self.last_snapshot: dict | None = None
         self.progress: tuple[str, float] | None = None  # (stage, fraction) of the load in flight
         self.load_error: str | None = None
+        self.load_warning: str | None = None  # e.g. the budget was raised to the engine's minimum
         self._load: Future | None = None
 
     # ---- loading ----
@@ -38,10 +39,10 @@ class EngineWorker:
         """Load `model` on the engine thread (dropping the current engine first). `after(engine)` runs
         there too once it is loaded, e.g. to set a simulated budget. Returns the future."""
         def job():
-            self.engine, self.last_snapshot, self.load_error = None, None, None
+            self.engine, self.last_snapshot, self.load_error, self.load_warning = None, None, None, None
             self.model_label, self.progress = label or model, ("starting", 0.0)
             try:
-                engine = self._engine_class()(model, progress=self._on_progress, **kwargs)
+                engine = self._open(model, kwargs)
                 if after is not None:
                     after(engine)
             except Exception as exc:
@@ -54,6 +55,20 @@ class EngineWorker:
 
         self._load = self._pool.submit(job)
         return self._load
+
+    def _open(self, model: str, kwargs: dict):
+        """Engine.load; a VRAM budget below the engine's minimum loads at the minimum instead (no expert
+        cache) with a warning, so the slider can then raise it."""
+        from moepic_core.errors import BudgetError
+
+        load = self._engine_class()
+        try:
+            return load(model, progress=self._on_progress, **kwargs)
+        except BudgetError as exc:
+            if kwargs.get("vram_gb") is None:
+                raise
+            self.load_warning = f"{exc}. Loaded at the minimum instead: raise the VRAM budget for an expert cache."
+            return load(model, progress=self._on_progress, **dict(kwargs, vram_gb=(exc.min_bytes + 1) / 1e9))
 
     def _on_progress(self, stage: str, fraction: float) -> None:
         self.progress = (stage, float(fraction))

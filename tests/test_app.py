@@ -133,28 +133,67 @@ def test_invalid_model_folder_shows_error_and_app_keeps_serving(client, served, 
     assert "tok/s" in out[5]
 
 
-def test_two_concurrent_chats_are_queued_not_interleaved(client):
-    times: dict[str, list[float]] = {"a": [], "b": []}
+def test_hub_download_offline_says_so_and_keeps_the_model(client, served, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    engine = served[1].worker.engine
+    out = client.predict("moepic-test/not-downloaded", "none", "lcp", api_name="/load_model")
+    assert "mp-error" in out[0] and "offline" in out[0].lower()
+    assert served[1].worker.engine is engine
+
+
+def test_budget_below_minimum_at_start_loads_at_the_minimum_with_a_warning(served):
+    from app.callbacks import Controller
+    from app.config import AppConfig
+
+    controller = Controller(AppConfig(model=str(served[2]), vram_gb=1e-6, device="cpu"), {"cuda": False})
+    controller.start()
+    try:
+        assert controller.worker.wait_loaded(timeout=120) is not None, controller.worker.load_error
+        status = controller.page_load(progress=lambda *a, **k: None)[0]
+        assert "mp-warn" in status and "minimum" in status
+        budgets = controller.worker.last_snapshot["budgets"]
+        assert budgets["vram_bytes"] >= budgets["min_vram_bytes"]
+    finally:
+        controller.worker.shutdown()
+
+
+def test_two_concurrent_chats_are_queued_not_interleaved(client, served, monkeypatch):
+    """Both chats are submitted at once; the server streams one reply completely before the other
+    starts (intervals measured in the server, around each chat's generation)."""
+    from app.callbacks import message_text
+
+    worker = served[1].worker
+    intervals: list[tuple[str, float, float]] = []
+    stream = worker.stream
+
+    def timed_stream(messages, *args, **kwargs):
+        start = time.monotonic()
+        try:
+            yield from stream(messages, *args, **kwargs)
+        finally:
+            intervals.append((messages[-1]["content"], start, time.monotonic()))
+
+    monkeypatch.setattr(worker, "stream", timed_stream)
     finals = {}
 
     def run(name: str):
         job = client.submit(*chat_args(f"question {name}", 12), **CHAT)
         for out in job:
-            times[name].append(time.monotonic())
             finals[name] = out
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in times]
+    threads = [threading.Thread(target=run, args=(n,)) for n in "ab"]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert times["a"] and times["b"]
-    first, second = sorted(times, key=lambda n: times[n][0])
-    assert times[first][-1] <= times[second][0], "the second chat streamed while the first was running"
-    for name in times:
-        from app.callbacks import message_text
-
+    assert sorted(i[0] for i in intervals) == ["question a", "question b"]
+    (_, _, first_end), (_, second_start, _) = sorted(intervals, key=lambda i: i[1])
+    assert first_end <= second_start, "the two chats were generated at the same time"
+    for name in "ab":
         assert message_text(finals[name][1][0]["content"]) == f"question {name}"
+        assert finals[name][1][-1]["role"] == "assistant"
 
 
 # ---- renderers on hand-made snapshots (no engine) ----
