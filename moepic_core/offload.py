@@ -124,14 +124,19 @@ class ExpertRuntime:
                 self.stats.layers[pos].prefetch_wasted_bytes += entry.nbytes
         queue = [e for e in needed if (pos, e) not in self.staging.entries]
         issued = self._issue(pos, queue, 0, needed)
-        if len(routing) == 1 and self.prefetch and issued == len(queue) and pos + 1 < self.num_layers:
+        if len(routing) == 1 and issued == len(queue) and pos + 1 < self.num_layers and (
+                self.recording is not None or (self.prefetch and self._fetches_possible(pos + 1))):
             self._prefetch(pos + 1, x)
 
-        out = torch.zeros_like(x)
+        single = len(routing) == 1  # decode: skip the gather/scatter, same arithmetic as eager
+        out = None if single else torch.zeros_like(x)
         hit_mask = top_k_index.t()  # [K, T], as eager walks it
         for e in experts:
-            k_pos, tok = torch.where(hit_mask == e)
-            xs = x[tok]
+            if single:
+                xs = x
+            else:
+                k_pos, tok = torch.where(hit_mask == e)
+                xs = x[tok]
             y = None
             slot = access.hits.get(e)
             if slot is not None:
@@ -145,8 +150,12 @@ class ExpertRuntime:
                     self.pool.slot(pos, access.admitted[e]).copy_(self.staging.rows(entry, 0, top))
                 self.staging.release((pos, e), self.transfer.mark())
                 issued = self._issue(pos, queue, issued, needed)
-            y = y * top_k_weights[tok, k_pos, None]
-            out.index_add_(0, tok, y.to(out.dtype))
+            if single:
+                y = (y * top_k_weights[0, routing[0].index(e)]).to(x.dtype)
+                out = y if out is None else out + y
+            else:
+                y = y * top_k_weights[tok, k_pos, None]
+                out.index_add_(0, tok, y.to(out.dtype))
         return out
 
     def _compute(self, xs, rows_u8, act):
@@ -162,6 +171,10 @@ class ExpertRuntime:
             self.stats.record_bytes(pos, src.numel())
             issued += 1
         return issued
+
+    def _fetches_possible(self, pos: int) -> bool:
+        """False when layer `pos` holds every expert whole: a guess could not save a byte."""
+        return self.pool.rows[pos] < self.I or self.pool.slots[pos] < self.spec.num_experts
 
     def _prefetch(self, nxt: int, x: torch.Tensor) -> None:
         router = self.routers[nxt]
