@@ -65,17 +65,20 @@ class CacheDirectory:
         for e in step_set:
             self.policy.touch(layer, e)
         in_step = set(step_set)
+        others = None  # cached experts outside this step: the only eviction candidates
         for e in out.misses:
-            slot = self._free_slot(layer)
+            slot = self._free_slot(layer) if len(cache) < self.slots[layer] else None
             if slot is not None:
                 if self.policy.admit(layer, e, None):
                     cache[e] = out.admitted[e] = slot
                 continue
-            candidates = sorted(x for x in cache if x not in in_step)
-            if not candidates:
+            if others is None:
+                others = [x for x in cache if x not in in_step]
+            if not others:
                 continue
-            victim = self.policy.victim(layer, candidates)
+            victim = self.policy.victim(layer, others)
             if self.policy.admit(layer, e, victim):
+                others.remove(victim)
                 slot = cache.pop(victim)
                 out.evicted.append(victim)
                 cache[e] = out.admitted[e] = slot

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 NEVER = -1  # `last` of an expert never touched
 
 
@@ -49,11 +51,18 @@ class Policy:
         """Sort key, lowest first evicted; the expert id breaks ties."""
         return (self.priority(layer, expert), expert)
 
+    def _keys(self, layer: int, experts: np.ndarray) -> tuple:
+        """`_key` for many experts at once, as np.lexsort keys (most significant last)."""
+        return (np.array([self.priority(layer, int(e)) for e in experts]),)
+
     def victim(self, layer: int, candidates: Iterable[int]) -> int:
-        candidates = list(candidates)
+        candidates = sorted(candidates)
         if not candidates:
             raise ValueError("victim() needs at least one candidate")
-        return min(candidates, key=lambda e: self._key(layer, e))
+        if len(candidates) <= 16:
+            return min(candidates, key=lambda e: self._key(layer, e))
+        experts = np.array(candidates)
+        return int(experts[np.lexsort(self._keys(layer, experts))[0]])  # stable: ties keep the lowest id
 
     def admit(self, layer: int, expert: int, victim: int | None) -> bool:
         return True
@@ -84,6 +93,11 @@ class LCPPolicy(Policy):
         nu = self.clock - self.last[layer][expert]
         return mu * self.rho ** (nu / self.tau)
 
+    def _keys(self, layer: int, experts: np.ndarray) -> tuple:
+        mu = np.array(self.count[layer], float)[experts]
+        nu = self.clock - np.array(self.last[layer], float)[experts]
+        return (np.where(mu > 0, mu * self.rho ** (nu / self.tau), 0.0),)
+
     def admit(self, layer: int, expert: int, victim: int | None) -> bool:
         return victim is None or self.priority(layer, expert) >= self.priority(layer, victim)
 
@@ -94,6 +108,9 @@ class LRUPolicy(Policy):
     def priority(self, layer: int, expert: int) -> float:
         return float(self.last[layer][expert])
 
+    def _keys(self, layer: int, experts: np.ndarray) -> tuple:
+        return (np.array(self.last[layer])[experts],)
+
 
 class LFUPolicy(Policy):
     name = "lfu"
@@ -103,6 +120,9 @@ class LFUPolicy(Policy):
 
     def _key(self, layer: int, expert: int) -> tuple:
         return (self.count[layer][expert], self.last[layer][expert], expert)
+
+    def _keys(self, layer: int, experts: np.ndarray) -> tuple:
+        return (np.array(self.last[layer])[experts], np.array(self.count[layer])[experts])
 
 
 class StaticPolicy(Policy):
