@@ -11,26 +11,26 @@ from app.config import DEVICES, POLICIES, QUANTS, AppConfig
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python launch.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python launch.py",
         description="Chat with a Mixture-of-Experts model whose experts live in CPU RAM, and watch the "
                     "expert cache work. Runs without a GPU (CPU mode, simulated VRAM budget) and without network.")
     p.add_argument("--model", default="demo",
                    help="'demo' (the built-in model in assets/demo-model), a local model folder, or a hub id "
                         "(e.g. Qwen/Qwen1.5-MoE-A2.7B-Chat). A hub model is used at start only if already "
-                        "downloaded; otherwise press Load in the app to download it")
+                        "downloaded; otherwise press Load in the app to download it (default: demo)")
     p.add_argument("--vram-gb", type=float, default=None,
                    help="VRAM the engine may use (dense part, KV reserve, staging, expert cache), in GB. "
                         "Default: detected free VRAM minus a reserve; in CPU mode a simulated budget that "
                         "caches about a third of the expert bytes")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="where the model computes")
-    p.add_argument("--quant", choices=QUANTS, default="none", help="quantisation of the expert store")
-    p.add_argument("--policy", choices=POLICIES, default="lcp", help="expert-cache eviction policy")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where the model computes (default: auto: CUDA if available)")
+    p.add_argument("--quant", choices=QUANTS, default="none", help="quantisation of the expert store (default: none)")
+    p.add_argument("--policy", choices=POLICIES, default="lcp", help="expert-cache eviction policy (default: lcp)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="compute dtype (default: the engine's choice for the device)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="initial value of the reply-length slider")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to your network)")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on; the next free one if taken")
-    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="initial value of the reply-length slider (default: 256)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 exposes the app to your network)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on, or the next free one if taken (default: 7860)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab (default: open one)")
     p.add_argument("--share", action="store_true", help="make a public gradio.live link (off unless given)")
     return p.parse_args(argv)
 

@@ -57,9 +57,9 @@ def build(c: Controller) -> gr.Blocks:
 
         chat_inputs = [chat_input, chatbot, system, temperature, top_p, max_new]
         chat_outputs = [chat_input, chatbot, *panel_outputs]
-        sent = send.click(c.chat, chat_inputs, chat_outputs, api_name="chat", **ENGINE)
+        sent = send.click(c.chat, chat_inputs, chat_outputs, api_name="chat", show_progress="hidden", **ENGINE)
         submitted = chat_input.submit(c.chat, chat_inputs, chat_outputs, api_name="chat_enter",
-                                      api_visibility="undocumented", **ENGINE)
+                                      api_visibility="undocumented", show_progress="hidden", **ENGINE)
         stop.click(None, None, None, cancels=[sent, submitted], api_name="stop")
         clear.click(lambda: ([], ""), None, [chatbot, chat_input], api_name="clear", cancels=[sent, submitted])
 
