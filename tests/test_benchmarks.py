@@ -1,0 +1,24 @@
+"""The benchmark scripts run (their CPU modes); they print tables, they assert no speed."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_bench_cpu_mode(tmp_path):
+    out = tmp_path / "rows.json"
+    r = subprocess.run([sys.executable, "benchmarks/gpu_bench.py", "--cpu", "--tokens", "8", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for label in ("all resident", "25% cache, split 0.5", "25% cache, split 1.0"):
+        assert label in r.stdout
+    import json
+
+    rows = {row["config"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["all resident"]["hit_rate"] == 1.0 and rows["all resident"]["mb_per_token"] == 0
+    assert rows["25% cache, split 0.5"]["split"] == [0.5] and rows["25% cache, split 1.0"]["split"] == [1.0]
+    # the same budget holds twice as many half-experts
+    assert rows["25% cache, split 0.5"]["slots"] == [2 * s for s in rows["25% cache, split 1.0"]["slots"]]
