@@ -71,7 +71,7 @@ def _belady_layer(experts: np.ndarray, capacity: int) -> int:
     return hits
 
 
-def curve_sizes(num_experts: int, top_k: int, max_points: int = 24) -> list[int]:
+def curve_sizes(num_experts: int, top_k: int, max_points: int = 17) -> list[int]:
     """Cache sizes at which a hit-rate curve is measured: all of 0..E when E is small, else a grid."""
     if num_experts + 1 <= max_points:
         return list(range(num_experts + 1))

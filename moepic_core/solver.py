@@ -11,21 +11,24 @@ Budgets are counted in units of one split chunk (`I/16` rows of an expert); a la
     Lagrangian iteration would search for; the merge gets it without the duality gap that a price
     alone leaves on non-concave hit-rate curves.
   * outer (fixed point on each layer's ratio): a layer's prefetch window depends on the previous
-    layer's hit rate and ratio; the windows are recomputed from the chosen layout and the inner step
-    re-run until the layout repeats (a few rounds). The best layout seen, by the coupled model, wins.
+    layer's hit rate and ratio. Each round holds the neighbours at the last layout: a layer's cost
+    table is its own time (window from layer l-1) plus layer l+1's time under the window it leaves;
+    the inner step re-runs until the layout repeats (a few rounds), from two starting guesses
+    (uniform whole experts; nothing cached). The best layout seen, by the coupled model, wins.
 `exact_optimum` — the reference: a dynamic program over (units used, previous layer's config), exact
 for the coupled model. `uniform` / `best_uniform` — the baselines.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .costmodel import CostModel
 
 MAX_ROUNDS = 6
+MAX_UNITS = 2048  # larger budgets are counted in units of 2, 4, 8 or 16 chunks (fewer split ratios)
 
 
 @dataclass
@@ -44,13 +47,12 @@ def _configs(cm: CostModel):
     return C, m, C * cm.slot_units[m]
 
 
-def _layer_table(cm: CostModel, l: int, window: float, cap: int):
-    """Best (cost, config index) of layer l for every budget u = 0..min(cap, max useful units)."""
+def _layer_table(cm: CostModel, cost: np.ndarray, cap: int):
+    """Best (cost, config index) of a layer for every budget u = 0..min(cap, max useful units),
+    from `cost` of every config (`_configs` order)."""
     C, m, units = _configs(cm)
-    cost = cm.layer(l, cm.hit[l, C], cm.ratios[m], window)[0]
     n = int(min(cap, units.max()))
-    ok = units <= n
-    idx = np.nonzero(ok)[0]
+    idx = np.nonzero(units <= n)[0]
     # per exact unit count: the cheapest config (ties: larger ratio)
     order = idx[np.lexsort((-m[idx], cost[idx], units[idx]))]
     first = np.unique(units[order], return_index=True)[1]
@@ -65,21 +67,41 @@ def _layer_table(cm: CostModel, l: int, window: float, cap: int):
     return run, arg[pos]
 
 
-def _merge(fa: np.ndarray, fb: np.ndarray, cap: int):
-    """Min-plus convolution: f(u) = min_v fa(v) + fb(u - v), u <= cap. Returns (f, v*)."""
+def _config_costs(cm: CostModel, slots, split) -> list[np.ndarray]:
+    """Per layer, the cost of every config with the neighbours held at (slots, split): the layer's own
+    time (its window set by layer l-1) plus layer l+1's time under the window this config leaves."""
+    C, m, _ = _configs(cm)
+    h_own, r = cm.hit[:, C], cm.ratios[m]
+    costs = []
+    for l, w in enumerate(_windows(cm, slots, split)):
+        cost = cm.layer(l, h_own[l], r, w)[0]
+        if l + 1 < cm.num_layers:
+            nxt_h, nxt_r = cm.hit[l + 1, slots[l + 1]], cm.ratios[split[l + 1]]
+            cost = cost + cm.layer(l + 1, nxt_h, nxt_r, cm.window(h_own[l], r))[0]
+        costs.append(cost)
+    return costs
+
+
+def _merge(fa: np.ndarray, fb: np.ndarray, cap: int, block: int = 256):
+    """Min-plus convolution: f(u) = min_v fa(v) + fb(u - v), u <= cap. Returns (f, v*).
+    Rows v of a block are written shifted by v into one matrix (a strided view), then reduced."""
     n = min(cap, len(fa) + len(fb) - 2)
+    nb = len(fb)
     out = np.full(n + 1, np.inf)
     arg = np.zeros(n + 1, np.int64)
-    if len(fa) > len(fb):
-        f, g = _merge(fb, fa, cap)
-        return f, np.arange(n + 1) - g
-    for v in range(min(len(fa) - 1, n) + 1):
-        w = min(len(fb) - 1, n - v)
-        cand = fa[v] + fb[:w + 1]
-        seg = out[v:v + w + 1]
-        better = cand < seg * (1 - 1e-12)
-        seg[better] = cand[better]
-        arg[v:v + w + 1][better] = v
+    for v0 in range(0, min(len(fa) - 1, n) + 1, block):
+        rows = fa[v0:min(len(fa), n + 1, v0 + block)]
+        width = len(rows) + nb - 1
+        buf = np.full(len(rows) * width, np.inf)
+        view = np.lib.stride_tricks.as_strided(buf, shape=(len(rows), nb), strides=((width + 1) * 8, 8))
+        view[:] = rows[:, None] + fb[None, :]
+        mat = buf.reshape(len(rows), width)[:, :n + 1 - v0]
+        best = mat.argmin(axis=0)
+        val = mat[best, np.arange(mat.shape[1])]
+        seg = out[v0:v0 + mat.shape[1]]
+        better = val < seg * (1 - 1e-12)
+        seg[better] = val[better]
+        arg[v0:v0 + mat.shape[1]][better] = best[better] + v0
     return out, arg
 
 
@@ -113,33 +135,52 @@ def _windows(cm: CostModel, slots, split) -> list[float]:
 
 
 def optimize(cm: CostModel, units: int) -> Solution:
-    """Divide-and-conquer over layers with fixed-point rounds on the prefetch windows (module doc)."""
+    """Divide-and-conquer over layers with fixed-point rounds on each layer's ratio (module doc),
+    started from two guesses of the neighbours (uniform whole experts; nothing cached)."""
     start = time.perf_counter()
     L, units = cm.num_layers, max(0, int(units))
+    fine, fine_units = cm, units
+    coarse = 1
+    while units // coarse > MAX_UNITS and coarse < 16 and len(cm.ratios) > 1:
+        coarse *= 2
+    if coarse > 1:  # count budgets in units of `coarse` chunks; keep the ratios that fill them exactly
+        keep = (cm.slot_units % coarse == 0) | (np.arange(len(cm.ratios)) == len(cm.ratios) - 1)
+        cm = replace(cm, ratios=cm.ratios[keep], slot_units=-(-cm.slot_units[keep] // coarse),
+                     unit_bytes=cm.unit_bytes * coarse)
+        units //= coarse
     C_all, m_all, _ = _configs(cm)
     full = len(cm.ratios) - 1
     per = min(cm.num_experts, units // max(1, L) // int(cm.slot_units[full]))
-    slots, split = [per] * L, [full] * L  # first guess of the neighbours: uniform whole experts
-    best, seen, rounds, price = None, set(), 0, 0.0
-    while rounds < MAX_ROUNDS:
-        rounds += 1
-        tables = [_layer_table(cm, l, w, units) for l, w in enumerate(_windows(cm, slots, split))]
-        curve, tree = _divide(tables, 0, L, units)
-        budgets: dict[int, int] = {}
-        _recover(tree, units, budgets)
-        pick = [int(tables[l][1][budgets[l]]) for l in range(L)]
-        slots, split = [int(C_all[i]) for i in pick], [int(m_all[i]) for i in pick]
-        ms = cm.evaluate(slots, split)["ms_per_token"]
-        if best is None or ms < best.ms_per_token - 1e-12:
-            best = Solution(slots, split, ms)
-            top = len(curve) - 1
-            step = min(top, int(cm.slot_units[full]))
-            price = (curve[top - step] - curve[top]) / (step * cm.unit_bytes / 1e9) if step else 0.0
-        key = (tuple(slots), tuple(split))
-        if key in seen:
-            break
-        seen.add(key)
-    best.detail = {"rounds": rounds, "price_ms_per_gb": float(price), "solve_s": time.perf_counter() - start}
+    best, rounds, price = None, 0, 0.0
+    for slots, split in (([per] * L, [full] * L), ([0] * L, [full] * L)):
+        seen = set()
+        for _ in range(MAX_ROUNDS):
+            rounds += 1
+            tables = [_layer_table(cm, cost, units) for cost in _config_costs(cm, slots, split)]
+            curve, tree = _divide(tables, 0, L, units)
+            budgets: dict[int, int] = {}
+            _recover(tree, units, budgets)
+            pick = [int(tables[l][1][budgets[l]]) for l in range(L)]
+            slots, split = [int(C_all[i]) for i in pick], [int(m_all[i]) for i in pick]
+            ms = cm.evaluate(slots, split)["ms_per_token"]
+            if best is None or ms < best.ms_per_token - 1e-12:
+                best = Solution(slots, split, ms)
+                top = len(curve) - 1
+                step = min(top, int(cm.slot_units[full]))
+                # marginal ms/token of one more expert's worth of VRAM, per GB, at the budget
+                price = (curve[top - step] - curve[top]) / (step * cm.unit_bytes / 1e9) if step else 0.0
+            key = (tuple(slots), tuple(split))
+            if key in seen:
+                break
+            seen.add(key)
+    if coarse > 1:  # back to the caller's split indices
+        kept = np.nonzero(keep)[0]
+        best.split = [int(kept[m]) for m in best.split]
+    for base in (uniform(fine, fine_units), best_uniform(fine, fine_units)):  # never worse than the baselines
+        if base.ms_per_token < best.ms_per_token - 1e-12:
+            best = base
+    best.detail = {"rounds": rounds, "price_ms_per_gb": float(price), "budget_unit_bytes": int(cm.unit_bytes),
+                   "solve_s": time.perf_counter() - start}
     return best
 
 
