@@ -108,12 +108,10 @@ class Controller:
     def page_load(self, progress=gr.Progress()):
         """Fill the page once the start-up load (if any) is done, showing its progress meanwhile."""
         was_loading = self.worker.loading
-        while self.worker.loading:
-            stage, fraction = self.worker.progress or ("loading", 0.0)
-            progress(fraction, desc=stage)
-            time.sleep(0.1)
+        if was_loading:
+            self._wait_with_progress(was_loading, progress)
         self.worker.wait_loaded()
-        if self.worker.engine is not None and (was_loading or "mp-busy" in self.message):
+        if self.worker.engine is not None and (was_loading is not None or "mp-busy" in self.message):
             self.message = self._loaded_message(self.worker.model_label)
         return self._loaded_outputs()
 

@@ -14,6 +14,7 @@ NOT_CACHED, TOP_CACHED, FULL_CACHED = "#e5e7eb", "#93c5fd", "#1e40af"
 ACTIVE, PREFETCHED, MISS = "#f97316", "#16a34a", "#f3f4f6"
 _CACHE_COLOUR = {None: NOT_CACHED, "top": TOP_CACHED, "full": FULL_CACHED}
 GRID_MAX_CELLS = 768  # above this many cells the heatmap is a PNG instead of a CSS grid
+PNG_WIDTH = 520  # pixels: narrower than the panel, so the browser scales the PNG up, never down
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -71,28 +72,31 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
     return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
 
 
-def heatmap_png(layers: list[dict], experts: int, cell: int = 5) -> bytes:
-    """PNG with one `cell`x`cell` block per (layer, expert) and a 1-pixel gap: the block is the cache
-    colour, an orange ring marks an active expert, a green centre a prefetched one."""
+def heatmap_png(layers: list[dict], experts: int, width: int = PNG_WIDTH) -> bytes:
+    """PNG with one square block per (layer, expert) and a 1-pixel gap, at most `width` pixels wide
+    (the page only ever scales it up, so no cell is dropped): the block is the cache colour, an
+    orange ring marks an active expert, a green centre a prefetched one."""
+    import numpy as np
     from PIL import Image
 
-    pitch = cell + 1
-    img = Image.new("RGB", (experts * pitch + 1, len(layers) * pitch + 1), (255, 255, 255))
-    px = img.load()
-    active_rgb, pref_rgb = _rgb(ACTIVE), _rgb(PREFETCHED)
+    cell = max(3, min(9, width // experts - 1))
+    pitch, rows = cell + 1, len(layers)
+    palette = np.array([_rgb(_CACHE_COLOUR[c]) for c in (None, "top", "full")], dtype=np.uint8)
+    state = np.array([[{None: 0, "top": 1, "full": 2}[c] for c in layer["cached"]] for layer in layers])
+    active, pref = np.zeros((2, rows, experts), dtype=bool)
     for row, layer in enumerate(layers):
-        active, pref = set(layer.get("active", ())), set(layer.get("prefetched", ()))
-        for e, cached in enumerate(layer["cached"]):
-            x0, y0, base = 1 + e * pitch, 1 + row * pitch, _rgb(_CACHE_COLOUR[cached])
-            for dy in range(cell):
-                for dx in range(cell):
-                    ring = dx in (0, cell - 1) or dy in (0, cell - 1)
-                    colour = active_rgb if ring and e in active else base
-                    if not ring and e in pref:
-                        colour = pref_rgb
-                    px[x0 + dx, y0 + dy] = colour
+        active[row, list(layer.get("active", ()))] = True
+        pref[row, list(layer.get("prefetched", ()))] = True
+    ring = np.ones((cell, cell), dtype=bool)
+    ring[1:-1, 1:-1] = False
+    blocks = np.repeat(np.repeat(palette[state][:, :, None, None, :], cell, 2), cell, 3)  # [L, E, c, c, 3]
+    blocks[active[:, :, None, None] & ring] = _rgb(ACTIVE)
+    blocks[pref[:, :, None, None] & ~ring] = _rgb(PREFETCHED)
+    img = np.full((rows * pitch + 1, experts * pitch + 1, 3), 255, dtype=np.uint8)
+    grid = img[1:, 1:].reshape(rows, pitch, experts, pitch, 3)
+    grid[:, :cell, :, :cell] = blocks.transpose(0, 2, 1, 3, 4)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False, compress_level=3)
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -212,12 +216,13 @@ def stats_html(snap: dict | None) -> str:
         _card("effective bandwidth", f'{t.get("effective_bandwidth_gbps", 0.0):.2f} GB/s', "bytes moved ÷ time"),
         _card("prefetch precision", fmt_pct(t.get("prefetch_precision")), "guesses that were used"),
         _card("prefetch recall", fmt_pct(t.get("prefetch_recall")), "used experts that were guessed"),
-        _card("VRAM budget", budget, f'{sim}cache {fmt_bytes(b.get("cache_bytes"))} · dense {fmt_bytes(b.get("dense_bytes"))}'),
+        _card("VRAM budget", budget, f'{sim}dense {fmt_bytes(b.get("dense_bytes"))} + cache + reserves'),
+        _card("expert cache", fmt_bytes(b.get("cache_bytes")),
+              f'{sum(l["slots"] for l in snap.get("layers", []))} slots · expert {fmt_bytes(snap.get("expert_bytes"))}'),
     ]
     pred = (snap.get("layout") or {}).get("prediction") or {}
     line = (f'{html.escape(str(snap.get("model", "")))} · {snap.get("family", "")} · {snap.get("device", "")} · '
-            f'{snap.get("dtype", "")} · quant {snap.get("quant", "")} · policy {snap.get("policy", "")} · '
-            f'expert {fmt_bytes(snap.get("expert_bytes"))}')
+            f'{snap.get("dtype", "")} · quant {snap.get("quant", "")} · policy {snap.get("policy", "")}')
     if pred.get("ms_per_token") is not None:
         base = ", ".join(f"{html.escape(str(k))} {v:.1f} ms" for k, v in (pred.get("baselines") or {}).items())
         line += f' · solver predicts {pred["ms_per_token"]:.1f} ms/token' + (f" (vs {base})" if base else "")

@@ -74,8 +74,9 @@ class EngineWorker:
         self.progress = (stage, float(fraction))
 
     @property
-    def loading(self) -> bool:
-        return self._load is not None and not self._load.done()
+    def loading(self) -> Future | None:
+        """The load in flight, if any."""
+        return self._load if self._load is not None and not self._load.done() else None
 
     def wait_loaded(self, timeout: float | None = None):
         """The engine once any load in flight has finished (None if there is none or it failed)."""
