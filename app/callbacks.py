@@ -197,6 +197,9 @@ class Controller:
         options = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
         try:
             for delta, snap in self.worker.stream(prompt, **options):
+                if not delta and snap is None:
+                    yield (gr.skip(),) * 6
+                    continue
                 shown[-1]["content"] += delta
                 yield (gr.skip(), shown, *(panels(snap) if snap is not None else (gr.skip(),) * 4))
         except Exception as exc:  # noqa: BLE001 - GenerationError, out of memory: shown, app keeps serving

@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator
 
 SNAPSHOT_INTERVAL_S = 0.1  # panels refresh at most ~10 Hz while generating
+HEARTBEAT_S = 0.25  # an empty batch at least this often, so a cancelled handler can close the stream
 STOP_WAIT_S = 60.0  # how long a cancelled handler waits for the engine to settle
 
 
@@ -138,15 +139,20 @@ class EngineWorker:
 
     def stream(self, messages: list[dict], stop: threading.Event | None = None,
                **options) -> Iterator[tuple[str, dict | None]]:
-        """Yield `(new_text, snapshot_or_None)` batches: whatever arrived since the last batch.
-        Closing the iterator stops generation and waits for the engine thread to settle."""
+        """Yield `(new_text, snapshot_or_None)` batches: whatever arrived since the last batch, or
+        `("", None)` every HEARTBEAT_S while nothing arrives. Closing the iterator stops generation
+        and waits for the engine thread to settle."""
         stop = stop or threading.Event()
         out: queue.Queue = queue.Queue()
         future = self._pool.submit(self._generate, messages, stop, out, options)
         try:
             done = False
             while not done:
-                items = [out.get()]
+                try:
+                    items = [out.get(timeout=HEARTBEAT_S)]
+                except queue.Empty:  # nothing yet (a long prefill): yield anyway, so a Stop lands here
+                    yield "", None
+                    continue
                 while True:
                     try:
                         items.append(out.get_nowait())

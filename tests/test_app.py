@@ -28,7 +28,9 @@ def chat_args(text: str, max_new_tokens: int = 24, history=None):
 def reply_text(chatbot) -> str:
     from app.callbacks import message_text
 
-    return message_text(chatbot[-1]["content"]) if chatbot and chatbot[-1]["role"] == "assistant" else ""
+    if not isinstance(chatbot, list) or not chatbot or chatbot[-1]["role"] != "assistant":
+        return ""
+    return message_text(chatbot[-1]["content"])
 
 
 def is_value(x) -> bool:
@@ -181,7 +183,8 @@ def test_two_concurrent_chats_are_queued_not_interleaved(client, served, monkeyp
     def run(name: str):
         job = client.submit(*chat_args(f"question {name}", 12), **CHAT)
         for out in job:
-            finals[name] = out
+            if is_value(out[1]):
+                finals[name] = out
 
     threads = [threading.Thread(target=run, args=(n,)) for n in "ab"]
     for t in threads:
@@ -194,6 +197,48 @@ def test_two_concurrent_chats_are_queued_not_interleaved(client, served, monkeyp
     for name in "ab":
         assert message_text(finals[name][1][0]["content"]) == f"question {name}"
         assert finals[name][1][-1]["role"] == "assistant"
+
+
+# ---- the worker on a stand-in engine (no torch) ----
+
+class SlowEngine:
+    """Waits `first_token_s` (a long prefill), then writes one chunk per 10 ms (for 100 s) until stopped."""
+
+    def __init__(self, first_token_s: float):
+        self.first_token_s, self.stopped, self.threads = first_token_s, threading.Event(), set()
+
+    def stream_chat(self, messages, *, stop_event, **options):
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.first_token_s)
+        try:
+            for i in range(10_000):
+                if stop_event.is_set():
+                    return
+                time.sleep(0.01)
+                yield f"{i} "
+        finally:  # stopped by the event or closed by the worker
+            self.stopped.set()
+
+    def snapshot(self):
+        self.threads.add(threading.current_thread().name)
+        return {"totals": {}}
+
+
+def test_worker_heartbeats_during_prefill_and_closing_stops_the_engine():
+    from app.worker import EngineWorker
+
+    worker = EngineWorker(lambda model, progress, **kw: SlowEngine(first_token_s=0.8))
+    worker.load("stand-in").result(timeout=10)
+    stream = worker.stream([{"role": "user", "content": "hi"}])
+    first = [next(stream) for _ in range(2)]
+    assert first == [("", None), ("", None)]  # nothing generated yet, but the handler got control back
+    text = ""
+    while len(text) < 20:
+        text += next(stream)[0]
+    stream.close()
+    assert worker.engine.stopped.is_set()
+    assert worker.engine.threads == {worker.call(lambda e: threading.current_thread().name)}  # one thread
+    worker.shutdown()
 
 
 # ---- renderers on hand-made snapshots (no engine) ----
@@ -243,6 +288,24 @@ def test_ram_check_warns_and_refuses_with_numbers():
     assert level == "warn" and "90 B" in message
     level, message = ram_verdict(3_000_000_000, 2_000_000_000)
     assert level == "error" and "3.0 GB" in message and "2.0 GB" in message
+
+
+def test_download_reports_byte_progress(monkeypatch):
+    import moepic_core.hub
+
+    from app import models
+
+    def fake_download(repo_id, tqdm_class=None, **kwargs):
+        bar = tqdm_class(total=1000, unit="B", desc="Downloading bytes")
+        for _ in range(4):
+            bar.update(250)
+        bar.close()
+        return Path("/downloaded") / repo_id
+
+    monkeypatch.setattr(moepic_core.hub, "download", fake_download)
+    seen = []
+    assert models.download("org/model", lambda stage, f: seen.append((stage, f))) == Path("/downloaded/org/model")
+    assert [f for _, f in seen] == [0.25, 0.5, 0.75, 1.0] and "org/model" in seen[-1][0]
 
 
 def test_vram_slider_range_cpu_and_gpu():
