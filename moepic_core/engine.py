@@ -44,6 +44,18 @@ def default_dtype(config, device: torch.device) -> str:
     return "bfloat16" if "bfloat16" in ckpt and torch.cuda.is_bf16_supported() else "float16"
 
 
+_HARDWARE = {}
+
+
+def detect_hardware(device: torch.device):
+    """The hardware profile, measured once per process (bandwidth only on CUDA)."""
+    if device.type not in _HARDWARE:
+        from .hardware import detect
+
+        _HARDWARE[device.type] = detect(measure=device.type == "cuda")
+    return _HARDWARE[device.type]
+
+
 class Engine:
     def __init__(self, cfg, folder, spec, adapter, model, tokenizer, runtime, device, dtype):
         self.cfg, self.folder, self.spec, self.adapter = cfg, folder, spec, adapter
@@ -51,6 +63,7 @@ class Engine:
         self.device, self.dtype = device, dtype
         self.lock = threading.RLock()  # one forward step or one re-layout at a time
         self.budget: Budget | None = None
+        self._trace = None  # calibration routing trace, loaded or recorded on first need
 
     # --- loading ------------------------------------------------------------------------------
     @classmethod
@@ -82,7 +95,7 @@ class Engine:
             block = adapter.moe_block(model_, layer)
             block.experts = OffloadedExperts(runtime, pos, block.experts.act_fn)
         engine = cls(cfg, folder, spec, adapter, model_, tokenizer, runtime, device, dtype)
-        engine._apply(cfg)
+        engine._apply(cfg, fresh_policy=True)
         if progress:
             progress("ready", 1.0)
         return engine
@@ -126,28 +139,73 @@ class Engine:
     def _check_budget(cls, cfg, spec, dtype, device) -> Budget:
         return cls._budget(cfg, spec, dtype, device)
 
-    def _layout(self, cfg: EngineConfig, budget: Budget) -> Layout:
+    def _uniform(self, cfg: EngineConfig, budget: Budget, ratio: float) -> Layout:
         spec = self.spec
-        ratio = 1.0 if cfg.split in (None, "auto") else float(cfg.split)
         return uniform_layout(budget.cache_bytes, spec.num_moe_layers, ratio, spec.intermediate_size,
                               spec.row_bytes(cfg.quant, self.dtype), spec.num_experts)
 
-    def _apply(self, cfg: EngineConfig) -> None:
+    def _layout(self, cfg: EngineConfig, budget: Budget) -> Layout:
+        """The solver's layout when no split is given (trivial budgets need no solver), else uniform."""
+        store = self.spec.store_bytes(cfg.quant, self.dtype)
+        if cfg.split not in (None, "auto"):
+            return self._uniform(cfg, budget, float(cfg.split))
+        if budget.cache_bytes <= 0 or budget.cache_bytes >= store:
+            layout = self._uniform(cfg, budget, 1.0)
+            layout.source = "all-resident" if budget.cache_bytes >= store else "no-cache"
+            return layout
+        from .solver import solve_layout
+
+        hw = detect_hardware(self.device)
+        layout = solve_layout(self.spec, budget.cache_bytes, bandwidth_gbps=hw.bandwidth_gbps,
+                              trace=self._calibration(), policy=cfg.policy, quant=cfg.quant, dtype=self.dtype)
+        layout.prediction["bandwidth_source"] = hw.bandwidth_source
+        return layout
+
+    def _calibration(self):
+        if self._trace is None:
+            from .calibrate import calibration_trace
+
+            with self.lock:
+                self.runtime.configure(self._uniform(self.cfg, self.budget, 1.0))
+                self._trace = calibration_trace(self)
+                self.runtime.stats.reset()
+        return self._trace
+
+    def _policy_params(self, cfg: EngineConfig) -> dict:
+        params = dict(cfg.policy_params)
+        if cfg.policy == "static" and "profile" not in params:
+            params["profile"] = self._calibration().counts().tolist()
+        return params
+
+    def _apply(self, cfg: EngineConfig, fresh_policy: bool) -> None:
+        """Budget, layout and pools for `cfg`; a fresh policy state when asked (or after calibrating)."""
         budget = self._budget(cfg, self.spec, self.dtype, self.device)
+        if self.budget is None:
+            self.cfg, self.budget = cfg, budget
+        calibrated = self._trace is not None
         layout = self._layout(cfg, budget)
+        params = self._policy_params(cfg)
+        fresh_policy = fresh_policy or (self._trace is not None and not calibrated)
         with self.lock:
-            self.runtime.configure(layout, policy=cfg.policy, policy_params=cfg.policy_params or None)
+            self.runtime.configure(layout, *((cfg.policy, params) if fresh_policy else ()))
             self.cfg, self.budget = cfg, budget
 
     def reconfigure(self, *, vram_gb=None, cache_gb=None, policy=None, split=None, policy_params=None) -> dict:
-        """Re-lay out the pools for a new budget/policy/split without reloading; returns the new layout."""
-        changes = {"policy": policy, "split": split, "policy_params": policy_params}
+        """Re-solve and re-lay out the pools for a new budget, policy or split without reloading the
+        model; returns the new layout. `split="auto"` goes back to the solver's layout."""
+        changes = {}
         if vram_gb is not None:
             changes.update(vram_gb=vram_gb, cache_gb=None)
         if cache_gb is not None:
             changes["cache_gb"] = cache_gb
-        changes = {k: v for k, v in changes.items() if v is not None or k in ("cache_gb",) and "vram_gb" in changes}
-        self._apply(dataclasses.replace(self.cfg, **changes))
+        if split is not None:
+            changes["split"] = None if split == "auto" else split
+        if policy is not None:
+            changes["policy"] = policy
+        if policy_params is not None:
+            changes["policy_params"] = policy_params
+        cfg = dataclasses.replace(self.cfg, **changes)
+        self._apply(cfg, fresh_policy=(cfg.policy, cfg.policy_params) != (self.cfg.policy, self.cfg.policy_params))
         return self.runtime.layout.to_dict()
 
     @property
@@ -194,7 +252,7 @@ class Engine:
     def _recover(self) -> None:
         """After a failed step: drop staged data and reload the pools from the directory."""
         with self.lock:
-            self.runtime.configure(self.runtime.layout)
+            self.runtime.configure(self.runtime.layout)  # keeps the policy, reloads every cached expert
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -251,6 +309,9 @@ class Engine:
         rt, spec = self.runtime, self.spec
         with self.lock:
             layers = [rt.layer_snapshot(pos) for pos in range(spec.num_moe_layers)]
+            predicted = rt.layout.prediction.get("layers") or [{}] * len(layers)
+            for layer, guess in zip(layers, predicted):
+                layer["predicted_hit_rate"] = guess.get("hit_rate")
             totals = rt.stats.totals()
             history = list(rt.stats.history)
         return {

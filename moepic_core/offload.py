@@ -70,19 +70,19 @@ class ExpertRuntime:
 
     # --- layout -------------------------------------------------------------------------------
     def configure(self, layout: Layout, policy: str | None = None, policy_params: dict | None = None) -> None:
-        """(Re)lay out the pools; keep the best cached experts that still fit (same policy state)."""
+        """(Re)lay out the pools. With `policy`, start a fresh policy and directory; without, keep the
+        policy's state and the best cached experts that still fit."""
         if len(layout.layers) != self.num_layers:
             raise ValueError(f"layout has {len(layout.layers)} layers, model has {self.num_layers} MoE layers")
         slots = [p.slots for p in layout.layers]
-        changed_policy = policy is not None and (policy != self.policy_name or policy_params is not None)
-        if changed_policy:
-            self.policy_name, self.policy_params = policy, dict(policy_params or {})
         self.pool = None
         self.staging.clear()
         self.guesses.clear()
         self.pool = SlotPool(layout, self.I, self.store.row_bytes, self.device)
         self.layout = layout
-        if self.directory is None or changed_policy:
+        if policy is not None or self.directory is None:
+            if policy is not None:
+                self.policy_name, self.policy_params = policy, dict(policy_params or {})
             pol = make_policy(self.policy_name, self.num_layers, self.spec.num_experts, **self.policy_params)
             self.directory = CacheDirectory(slots, pol)
             self.directory.warm_start()
