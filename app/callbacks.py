@@ -206,6 +206,3 @@ class Controller:
             if "out of memory" in str(exc).lower():
                 raise gr.Error(f"Out of memory while generating: lower the VRAM budget or use int4. ({exc})")
             raise gr.Error(str(exc) or type(exc).__name__)
-
-    def refresh(self):
-        return panels(self.worker.last_snapshot)
