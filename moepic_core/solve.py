@@ -13,21 +13,23 @@ import sys
 
 from .errors import BudgetError
 
-CONTEXT_TOKENS = 4096        # KV reserve: this many tokens of context
-OVERHEAD_BYTES = 300 * 2**20  # activations, CUDA context and allocator slack
+CONTEXT_TOKENS = 4096  # KV reserve: this many tokens of context (the engine's default max_context)
 
 
 def cache_budget_from_vram(spec, vram_bytes: int, quant: str = "none", dtype: str = "float16",
                            context_tokens: int = CONTEXT_TOKENS) -> tuple[int, str]:
-    """Expert-cache bytes left from `vram_bytes` after the dense part, a KV reserve for
-    `context_tokens`, a staging area for one token's k whole experts and a fixed overhead."""
-    reserve = (spec.dense_bytes(dtype) + context_tokens * spec.kv_bytes_per_token(dtype)
-               + spec.top_k * spec.expert_bytes(quant, dtype) + OVERHEAD_BYTES)
+    """Expert-cache bytes left from `vram_bytes` after what the engine reserves (`budget.fixed_costs`):
+    the dense part, a KV reserve for `context_tokens`, a staging area for one token's k whole experts
+    (the engine adds room for extra prefetch guesses) and the prefill workspace."""
+    from .budget import fixed_costs
+
+    costs = fixed_costs(spec, dtype, context_tokens, spec.top_k * spec.expert_bytes(quant, dtype))
+    reserve = sum(costs.values())
     if vram_bytes < reserve:
         raise BudgetError(f"{vram_bytes / 1e9:.2f} GB of VRAM is below the minimum {reserve / 1e9:.2f} GB for "
-                          f"{spec.name} (dense part, KV for {context_tokens} tokens, staging, overhead)", reserve)
-    note = (f"VRAM {vram_bytes / 1e9:.2f} GB - dense {spec.dense_bytes(dtype) / 1e9:.2f} - KV/staging/overhead "
-            f"{(reserve - spec.dense_bytes(dtype)) / 1e9:.2f}")
+                          f"{spec.name} (dense part, KV for {context_tokens} tokens, staging, workspace)", reserve)
+    note = (f"VRAM {vram_bytes / 1e9:.2f} GB - dense {costs['dense_bytes'] / 1e9:.2f} - KV/staging/workspace "
+            f"{(reserve - costs['dense_bytes']) / 1e9:.2f}")
     return vram_bytes - reserve, note
 
 
@@ -71,11 +73,11 @@ def main(argv=None) -> int:
     print(f"{'layer':>5} {'budget MB':>10} {'ratio':>6} {'slots':>5} {'hit':>6} {'ms':>8}")
     for i, r in enumerate(rows):
         print(f"{i:>5} {r['budget_bytes'] / 1e6:>10.1f} {r['split_ratio']:>6.3f} {r['slots']:>5} "
-              f"{r['hit_rate']:>6.1%} {r['ms']:>8.2f}")
+              f"{r['hit_rate']:>6.1%} {r['ms']:>8.3f}")
     b = p["baselines"]
-    print(f"predicted {p['ms_per_token']:.1f} ms/token (solver, {p['solve_s'] * 1e3:.0f} ms to solve) | "
-          f"uniform no split (LRU) {b['uniform_lru_no_split']:.1f} | best uniform split "
-          f"(r={p['best_uniform_ratio']:.3f}) {b['best_uniform_split']:.1f}")
+    print(f"predicted {p['ms_per_token']:.2f} ms/token (solver, {p['solve_s'] * 1e3:.0f} ms to solve) | "
+          f"uniform no split (LRU) {b['uniform_lru_no_split']:.2f} | best uniform split "
+          f"(r={p['best_uniform_ratio']:.3f}) {b['best_uniform_split']:.2f}")
     return 0
 
 

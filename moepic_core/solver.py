@@ -238,7 +238,7 @@ def best_uniform(cm: CostModel, units: int) -> Solution:
 
 # --- entry points over a ModelSpec -------------------------------------------------------------
 
-def model_curves(spec, trace, policy: str) -> np.ndarray:
+def model_curves(spec, trace, policy: str, policy_params: dict | None = None) -> np.ndarray:
     """h[l, C] for the spec's MoE layers from `trace` through `policy` (or "belady"); without a
     trace, uniform routing: h(C) = C / E. Curves are kept on the trace object for repeated solves."""
     from .replay import hit_rate_curves
@@ -249,9 +249,10 @@ def model_curves(spec, trace, policy: str) -> np.ndarray:
     if trace.num_experts != E:
         raise ValueError(f"trace has {trace.num_experts} experts per layer, {spec.name} has {E}")
     cache = trace.__dict__.setdefault("_curves", {})
-    if policy not in cache:
-        cache[policy] = hit_rate_curves(trace, policy)
-    h = cache[policy]
+    key = (policy, tuple(sorted((k, repr(v)) for k, v in (policy_params or {}).items())))
+    if key not in cache:
+        cache[key] = hit_rate_curves(trace, policy, **(policy_params or {}))
+    h = cache[key]
     return h[np.arange(L) * trace.num_layers // L]  # a trace of another depth is stretched over the layers
 
 
@@ -280,12 +281,13 @@ def to_layout(spec, cm: CostModel, sol: Solution, quant: str, dtype: str, predic
     return Layout(plans, source="solver", prediction=prediction)
 
 
-def _solve(spec, cache_bytes, bandwidth_gbps, trace, policy, quant, dtype, prefetch_accuracy, compute_ms, exact):
+def _solve(spec, cache_bytes, bandwidth_gbps, trace, policy, quant, dtype, prefetch_accuracy, compute_ms, exact,
+           policy_params=None):
     from .costmodel import build_cost_model
 
     acc = model_accuracy(spec, trace, prefetch_accuracy)
     kw = dict(bandwidth_gbps=bandwidth_gbps, quant=quant, dtype=dtype, compute_ms=compute_ms)
-    cm = build_cost_model(spec, model_curves(spec, trace, policy), acc, **kw)
+    cm = build_cost_model(spec, model_curves(spec, trace, policy, policy_params), acc, **kw)
     units = max(0, int(cache_bytes)) // cm.unit_bytes
     start = time.perf_counter()
     sol = exact_optimum(cm, units) if exact else optimize(cm, units)
@@ -310,16 +312,19 @@ def _solve(spec, cache_bytes, bandwidth_gbps, trace, policy, quant, dtype, prefe
 
 def solve_layout(spec, cache_bytes: int, *, bandwidth_gbps: float, trace=None, policy: str = "lcp",
                  quant: str = "none", dtype: str = "float16", prefetch_accuracy: float | None = None,
-                 compute_ms: dict | None = None):
+                 compute_ms: dict | None = None, policy_params: dict | None = None):
     """Each MoE layer's budget and split ratio for `cache_bytes` of expert cache (a `Layout` with
-    source "solver"; `prediction` holds the modeled ms/token, hit rates and the two baselines)."""
+    source "solver"; `prediction` holds the modeled ms/token, hit rates and the two baselines).
+    `trace`: calibration routing (None: uniform routing assumed); `policy` (+ `policy_params`, e.g.
+    rho/tau for lcp) sets the hit-rate curves; `prefetch_accuracy` None: the trace's measured recall
+    (0 without recorded guesses); `compute_ms`: expert_ms / dense_ms / other_ms / device_gbps."""
     return _solve(spec, cache_bytes, bandwidth_gbps, trace, policy, quant, dtype, prefetch_accuracy, compute_ms,
-                  exact=False)
+                  exact=False, policy_params=policy_params)
 
 
 def solve_exact_dp(spec, cache_bytes: int, *, bandwidth_gbps: float, trace=None, policy: str = "lcp",
                    quant: str = "none", dtype: str = "float16", prefetch_accuracy: float | None = None,
-                   compute_ms: dict | None = None):
+                   compute_ms: dict | None = None, policy_params: dict | None = None):
     """Same as `solve_layout` by the exact dynamic program (slow for large models: the reference)."""
     return _solve(spec, cache_bytes, bandwidth_gbps, trace, policy, quant, dtype, prefetch_accuracy, compute_ms,
-                  exact=True)
+                  exact=True, policy_params=policy_params)

@@ -140,6 +140,12 @@ class RoutingTrace:
             total += b.size
         return float(covered / max(1, total))
 
+    def hit_rate_curves(self, policy: str = "lcp", **params) -> np.ndarray:
+        """h[l, C]: hit rate of layer l with C cached experts under `policy` (see `replay`)."""
+        from .replay import hit_rate_curves
+
+        return hit_rate_curves(self, policy, **params)
+
     def stats(self) -> dict:
         return {"tokens": self.num_tokens, "layers": self.num_layers, "num_experts": self.num_experts,
                 "top_k": self.top_k, "top25_share": self.top_share(0.25), "repeat_rate": self.repeat_rate()}

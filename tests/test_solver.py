@@ -1,4 +1,5 @@
 """Solver against the exact DP on random instances, budget, monotonicity, the two extremes, speed."""
+import json
 import time
 
 import numpy as np
@@ -51,8 +52,8 @@ def test_within_one_percent_of_exact_dp_on_60_random_instances():
 
 def test_more_vram_never_worse():
     rng = np.random.default_rng(1)
-    for _ in range(8):
-        cm = random_model(rng, L=int(rng.integers(2, 20)))
+    for _ in range(6):
+        cm = random_model(rng, L=int(rng.integers(2, 16)))
         prev = np.inf
         for units in range(0, cm.num_layers * cm.num_experts * 4 + 1, max(1, cm.num_layers // 2)):
             ms = optimize(cm, units).ms_per_token
@@ -104,14 +105,15 @@ def test_solve_layout_mixtral_fast_and_within_budget(quant):
     solve_layout(spec, 10**9, bandwidth_gbps=25, trace=trace, quant=quant)    # hit-rate curves, computed once
     for experts_per_layer in (0, 0.25, 1, 2.5, 4, 8):
         budget = int(experts_per_layer * 32 * spec.expert_bytes(quant))
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: other jobs on a shared machine do not count
         layout = solve_layout(spec, budget, bandwidth_gbps=25, trace=trace, quant=quant)
-        assert time.perf_counter() - start < 1.0
+        assert time.process_time() - start < 1.0
         assert layout.source == "solver" and len(layout.layers) == 32
         assert layout.total_bytes <= budget
         p = layout.prediction
         assert p["ms_per_token"] <= p["baselines"]["best_uniform_split"] * (1 + 1e-9)
         assert set(p["baselines"]) == {"uniform_lru_no_split", "best_uniform_split"}
+        json.dumps(layout.to_dict())                                   # goes into engine.snapshot()
         if experts_per_layer == 0:
             assert all(x.slots == 0 for x in layout.layers)
         if experts_per_layer == 8:
