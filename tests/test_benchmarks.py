@@ -22,3 +22,14 @@ def test_gpu_bench_cpu_mode(tmp_path):
     assert rows["25% cache, split 0.5"]["split"] == [0.5] and rows["25% cache, split 1.0"]["split"] == [1.0]
     # the same budget holds twice as many half-experts
     assert rows["25% cache, split 0.5"]["slots"] == [2 * s for s in rows["25% cache, split 1.0"]["slots"]]
+
+
+def test_loading_never_holds_the_model_twice():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import load_memory
+
+    rows = load_memory.main(["--intermediate", "1024"])
+    assert len(rows) == 2
+    for row in rows:
+        assert row["store"] == 4 * 8 * 1024 * 3 * 512 * 4  # 4 layers, 8 experts, I 1024, H 512, float32
+        assert row["grown"] <= 1.3 * (row["store"] + row["dense"]), row
