@@ -129,3 +129,32 @@ def test_exact_dp_matches_on_small_spec():
     b = solve_exact_dp(spec, budget, bandwidth_gbps=25, trace=trace, prefetch_accuracy=0.6)
     assert b.total_bytes <= budget
     assert b.prediction["ms_per_token"] <= a.prediction["ms_per_token"] <= b.prediction["ms_per_token"] * 1.01
+
+
+def test_exact_dp_equals_brute_force():
+    import itertools
+    from moepic_core.solver import _configs
+    rng = np.random.default_rng(4)
+    for _ in range(12):
+        cm = random_model(rng, L=int(rng.integers(1, 4)), E=int(rng.integers(1, 4)))
+        C, m, u = _configs(cm)
+        units = int(rng.integers(0, cm.num_layers * cm.num_experts * 4 + 1))
+        best = min(cm.evaluate(C[list(p)], m[list(p)])["ms_per_token"]
+                   for p in itertools.product(range(len(C)), repeat=cm.num_layers) if u[list(p)].sum() <= units)
+        assert exact_optimum(cm, units).ms_per_token == pytest.approx(best, rel=1e-12)
+
+
+def test_solve_cli_json(tmp_path, capsys):
+    from moepic_core.solve import main
+    path = tmp_path / "t.npz"
+    synthetic_trace(60, 32, 8, 2, seed=2).save(path)
+    assert main(["--preset", "mixtral-8x7b", "--vram-gb", "16", "--trace", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"layers", "ms_per_token", "baselines"} <= set(out)
+    assert set(out["baselines"]) == {"uniform_lru_no_split", "best_uniform_split"}
+    assert {"budget_bytes", "split_ratio", "slots", "hit_rate", "ms"} <= set(out["layers"][0])
+    assert sum(x["budget_bytes"] for x in out["layers"]) <= out["cache_bytes"]
+    assert main(["--preset", "mixtral-8x7b", "--cache-gb", "4", "--trace", str(path)]) == 0
+    assert "uniform no split (LRU)" in capsys.readouterr().out
+    assert main(["--preset", "nope", "--cache-gb", "4"]) == 2
+    assert "choose one of" in capsys.readouterr().err
