@@ -21,6 +21,7 @@ from torch import nn
 from .cache import CacheDirectory, make_policy
 from .cache.pool import SlotPool, Staging, Transfer
 from .layout import Layout
+from .prefetch import Prefetcher
 from .quant import decode_rows
 from .stats import EngineStats
 
@@ -54,11 +55,10 @@ class ExpertRuntime:
         self.device, self.compute_dtype = device, compute_dtype
         self.num_layers = self.spec.num_moe_layers
         self.I, self.H = self.spec.intermediate_size, self.spec.hidden_size
-        self.prefetch, self.prefetch_extra = prefetch, prefetch_extra
+        self.prefetcher = Prefetcher(routers, self.spec.top_k, prefetch_extra, enabled=prefetch)
         self.transfer = Transfer(device)
         self.staging = Staging(self.staging_buffers(self.spec.top_k, prefetch_extra), self.I, store.row_bytes, device)
         self.stats = EngineStats(self.num_layers)
-        self.guesses: dict[int, list[int]] = {}
         self.recording: list | None = None  # decode-step routing rows when recording a trace
         self.policy_name, self.policy_params = policy, dict(policy_params or {})
         self.pool = self.directory = self.layout = None
@@ -77,7 +77,7 @@ class ExpertRuntime:
         slots = [p.slots for p in layout.layers]
         self.pool = None
         self.staging.clear()
-        self.guesses.clear()
+        self.prefetcher.clear()
         self.pool = SlotPool(layout, self.I, self.store.row_bytes, self.device)
         self.layout = layout
         if policy is not None or self.directory is None:
@@ -105,14 +105,14 @@ class ExpertRuntime:
             self.directory.step()
             if self.recording is not None and len(routing) == 1:
                 self.recording.append(([[-1] * self.spec.top_k for _ in range(self.num_layers)],
-                                       [[-1] * (self.spec.top_k + self.prefetch_extra)] * self.num_layers))
+                                       [[-1] * self.prefetcher.width] * self.num_layers))
         if self.recording is not None and len(routing) == 1 and self.recording:
             self.recording[-1][0][pos] = list(routing[0])
         access = self.directory.access(pos, experts)
         self.stats.record_access(pos, len(access.hits), len(access.misses), self.is_split(pos))
         layer_stats = self.stats.layers[pos]
         layer_stats.active = experts
-        guess = self.guesses.pop(pos, None)
+        guess = self.prefetcher.take(pos)
         if guess is not None:
             layer_stats.record_guess(guess, experts)
 
@@ -124,9 +124,10 @@ class ExpertRuntime:
                 self.stats.layers[pos].prefetch_wasted_bytes += entry.nbytes
         queue = [e for e in needed if (pos, e) not in self.staging.entries]
         issued = self._issue(pos, queue, 0, needed)
-        if len(routing) == 1 and issued == len(queue) and pos + 1 < self.num_layers and (
-                self.recording is not None or (self.prefetch and self._fetches_possible(pos + 1))):
-            self._prefetch(pos + 1, x)
+        if len(routing) == 1 and issued == len(queue) and pos + 1 < self.num_layers:
+            fetch = self.prefetcher.enabled and self._fetches_possible(pos + 1)
+            if fetch or self.recording is not None:
+                self._prefetch(pos + 1, x, fetch)
 
         single = len(routing) == 1  # decode: skip the gather/scatter, same arithmetic as eager
         out = None if single else torch.zeros_like(x)
@@ -176,19 +177,14 @@ class ExpertRuntime:
         """False when layer `pos` holds every expert whole: a guess could not save a byte."""
         return self.pool.rows[pos] < self.I or self.pool.slots[pos] < self.spec.num_experts
 
-    def _prefetch(self, nxt: int, x: torch.Tensor) -> None:
-        router = self.routers[nxt]
-        with torch.no_grad():
-            _, _, chosen = type(router).forward(router, x)  # the family's own rule, without hooks
-            guess = chosen[0].tolist()
-            if self.prefetch_extra:
-                logits = nn.functional.linear(x.reshape(-1, x.shape[-1]), router.weight)[0]
-                ranked = logits.topk(min(len(logits), len(guess) + self.prefetch_extra)).indices.tolist()
-                guess += [e for e in ranked if e not in guess][:self.prefetch_extra]
-        self.guesses[nxt] = guess
+    def _prefetch(self, nxt: int, x: torch.Tensor, fetch: bool) -> None:
+        """Guess layer `nxt`'s experts and, if `fetch`, queue what the pool lacks of them."""
+        guess = self.prefetcher.guess(nxt, x)
         self.stats.layers[nxt].prefetched = guess
         if self.recording:
-            self.recording[-1][1][nxt] = guess + [-1] * (self.spec.top_k + self.prefetch_extra - len(guess))
+            self.recording[-1][1][nxt] = guess + [-1] * (self.prefetcher.width - len(guess))
+        if not fetch:
+            return
         cached = self.directory.cached(nxt)
         top = self.pool.rows[nxt]
         for e in guess:
