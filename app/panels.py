@@ -212,17 +212,18 @@ def stats_html(snap: dict | None) -> str:
         _card("speed", f'{t.get("tokens_per_s", 0.0):.1f} tok/s', f'{t.get("tokens", 0)} tokens'),
         _card("hit rate", fmt_pct(t.get("hit_rate") if activations else None),
               f"full {fmt_pct(full_share)} · top {fmt_pct(top_share)}"),
-        _card("moved per token", fmt_bytes(t.get("bytes_per_token")), f'{fmt_bytes(t.get("bytes_fetched"))} in all'),
-        _card("effective bandwidth", f'{t.get("effective_bandwidth_gbps", 0.0):.2f} GB/s', "bytes moved ÷ time"),
-        _card("prefetch precision", fmt_pct(t.get("prefetch_precision")), "guesses that were used"),
-        _card("prefetch recall", fmt_pct(t.get("prefetch_recall")), "used experts that were guessed"),
-        _card("VRAM budget", budget, f'{sim}dense {fmt_bytes(b.get("dense_bytes"))} + cache + reserves'),
+        _card("moved / token", fmt_bytes(t.get("bytes_per_token")), f'{fmt_bytes(t.get("bytes_fetched"))} in all'),
+        _card("eff. bandwidth", f'{t.get("effective_bandwidth_gbps", 0.0):.2f} GB/s', "bytes moved ÷ time"),
+        _card("prefetch precision", fmt_pct(t.get("prefetch_precision")), "guesses used"),
+        _card("prefetch recall", fmt_pct(t.get("prefetch_recall")), "uses guessed"),
+        _card("VRAM budget", budget, f'{sim}dense {fmt_bytes(b.get("dense_bytes"))}'),
         _card("expert cache", fmt_bytes(b.get("cache_bytes")),
-              f'{sum(l["slots"] for l in snap.get("layers", []))} slots · expert {fmt_bytes(snap.get("expert_bytes"))}'),
+              f'{sum(l["slots"] for l in snap.get("layers", []))} slots'),
     ]
     pred = (snap.get("layout") or {}).get("prediction") or {}
     line = (f'{html.escape(str(snap.get("model", "")))} · {snap.get("family", "")} · {snap.get("device", "")} · '
-            f'{snap.get("dtype", "")} · quant {snap.get("quant", "")} · policy {snap.get("policy", "")}')
+            f'{snap.get("dtype", "")} · quant {snap.get("quant", "")} · policy {snap.get("policy", "")} · '
+            f'one expert {fmt_bytes(snap.get("expert_bytes"))}')
     if pred.get("ms_per_token") is not None:
         base = ", ".join(f"{html.escape(str(k))} {v:.1f} ms" for k, v in (pred.get("baselines") or {}).items())
         line += f' · solver predicts {pred["ms_per_token"]:.1f} ms/token' + (f" (vs {base})" if base else "")
