@@ -73,7 +73,7 @@ def test_vram_budget_accounts_for_everything(tiny_models):
     folder = tiny_models["mixtral"]
     probe = Engine.load(folder, device="cpu", cache_gb=0)
     minimum = probe.budget.min_vram_bytes
-    engine = Engine.load(folder, device="cpu", vram_gb=(minimum + 300_000) / 1e9)
+    engine = Engine.load(folder, device="cpu", split=1.0, vram_gb=(minimum + 300_000) / 1e9)
     b = engine.budget
     assert b.cache_bytes == engine.budget.vram_bytes - minimum
     assert b.dense_bytes + b.kv_reserve_bytes + b.staging_bytes + b.workspace_bytes + engine.runtime.pool.nbytes \
