@@ -43,7 +43,7 @@ def calibration(trace) -> None:
 def table1(spec, trace, held_out, bw: float) -> None:
     print(f"Table 1: Mixtral-8x7B dims, {bw:g} GB/s, ms/token (modeled); predictor recall measured from the trace")
     head = (f"{'quant':<5} {'exp/layer':>9} {'GB':>6} | {'uni LRU r=1':>11} {'best uni split':>17} | "
-            f"{'solver+LCP':>10} {'solver+LRU':>10} {'Belady':>8} | {'held-out':>8} {'solve ms':>8}")
+            f"{'solver+LCP':>10} {'solver+LRU':>10} {'Belady':>8} | {'held-out':>8} {'CPU ms':>8}")
     print(head)
     print("-" * len(head))
     for quant in ("none", "int4"):
