@@ -165,6 +165,26 @@ def engine_eval(folder: str, ids: torch.Tensor, trace_path: Path | None, trace_t
     return result
 
 
+def cold_start(model: str, cache_dir: str, prompt: str = "Good morrow, my lord.") -> float:
+    """Seconds from spawning `python -m moepic_core.chat` to its first streamed byte of answer."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "moepic_core.chat", "--model", model, "--device", "cpu", "--cache-dir", cache_dir,
+           "--max-new-tokens", "32", "--prompt", prompt]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    first = proc.stdout.read(1)
+    seconds = time.perf_counter() - t
+    rest, err = proc.communicate()
+    if proc.returncode != 0 or not first:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err.decode()[-500:]}")
+    print(f"cold start {seconds:.2f} s to the first token; answer: {(first + rest).decode().strip()!r}", flush=True)
+    return seconds
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="assets/demo-model")
@@ -175,6 +195,8 @@ def main(argv=None) -> None:
     ap.add_argument("--trace", default=None, help="where to save the trace (default: <model>/routing_trace.npz)")
     ap.add_argument("--cache-dir", default="runs/moepic-cache", help="the engine's packed expert stores")
     ap.add_argument("--json", default=None, help="write all results here")
+    ap.add_argument("--cold-start", action="store_true",
+                    help="time `python -m moepic_core.chat --model demo` to its first token (new, then warm store)")
     ap.add_argument("--max-tokens", type=int, default=0, help="use only the first N held-out tokens (quick checks)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -202,6 +224,11 @@ def main(argv=None) -> None:
     if args.engine:
         trace_path = Path(args.trace) if args.trace else Path(args.model) / "routing_trace.npz"
         results["engine"] = engine_eval(args.model, held, trace_path, args.trace_tokens, args.cache_dir)
+    if args.cold_start:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as store:
+            results["cold_start_s"] = {"first_launch": cold_start("demo", store), "second_launch": cold_start("demo", store)}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

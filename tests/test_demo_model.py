@@ -87,6 +87,11 @@ def test_model_has_learned_the_corpus(model, tok):
     assert loss < 0.6 * math.log(len(tok))
 
 
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("moepic-store"))  # the packed store is built once for both tests
+
+
 def _engine():
     try:
         from moepic_core import Engine
@@ -95,9 +100,9 @@ def _engine():
     return Engine
 
 
-def test_engine_greedy_matches_transformers(model, tok, tmp_path):
+def test_engine_greedy_matches_transformers(model, tok, store_dir):
     Engine = _engine()
-    engine = Engine.load(str(DEMO), device="cpu", dtype="float32", quant="none", cache_dir=str(tmp_path))
+    engine = Engine.load(str(DEMO), device="cpu", dtype="float32", quant="none", cache_dir=store_dir)
     prompt = tok.apply_chat_template([{"role": "user", "content": "What news from the court?"}],
                                      add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, do_sample=False,
@@ -106,9 +111,9 @@ def test_engine_greedy_matches_transformers(model, tok, tmp_path):
     assert got == expected
 
 
-def test_demo_name_resolves_to_this_model(tmp_path):
+def test_demo_name_resolves_to_this_model(store_dir):
     Engine = _engine()
-    engine = Engine.load("demo", device="cpu", cache_dir=str(tmp_path))
+    engine = Engine.load("demo", device="cpu", dtype="float32", cache_dir=store_dir)
     assert engine.folder.resolve() == DEMO.resolve()
     text = "".join(engine.stream_chat([{"role": "user", "content": "Good morrow."}], max_new_tokens=8))
     assert text.strip()
