@@ -157,7 +157,8 @@ class Engine:
 
         hw = detect_hardware(self.device)
         layout = solve_layout(self.spec, budget.cache_bytes, bandwidth_gbps=hw.bandwidth_gbps,
-                              trace=self._calibration(), policy=cfg.policy, quant=cfg.quant, dtype=self.dtype)
+                              trace=self._calibration(), policy=cfg.policy, quant=cfg.quant, dtype=self.dtype,
+                              policy_params=cfg.policy_params or None)
         layout.prediction["bandwidth_source"] = hw.bandwidth_source
         return layout
 
