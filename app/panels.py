@@ -14,7 +14,7 @@ NOT_CACHED, TOP_CACHED, FULL_CACHED = "#e5e7eb", "#93c5fd", "#1e40af"
 ACTIVE, PREFETCHED, MISS = "#f97316", "#16a34a", "#f3f4f6"
 _CACHE_COLOUR = {None: NOT_CACHED, "top": TOP_CACHED, "full": FULL_CACHED}
 GRID_MAX_CELLS = 768  # above this many cells the heatmap is a PNG instead of a CSS grid
-PNG_WIDTH = 520  # pixels: narrower than the panel, so the browser scales the PNG up, never down
+PNG_WIDTH, PNG_HEIGHT = 520, 320  # pixels: within the panel, so the browser scales the PNG up, never down
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -72,29 +72,29 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
     return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
 
 
-def heatmap_png(layers: list[dict], experts: int, width: int = PNG_WIDTH) -> bytes:
-    """PNG with one square block per (layer, expert) and a 1-pixel gap, at most `width` pixels wide
+def heatmap_png(layers: list[dict], experts: int, width: int = PNG_WIDTH, height: int = PNG_HEIGHT) -> bytes:
+    """PNG with one block per (layer, expert) and a 1-pixel gap, at most `width` x `height` pixels
     (the page only ever scales it up, so no cell is dropped): the block is the cache colour, an
     orange ring marks an active expert, a green centre a prefetched one."""
     import numpy as np
     from PIL import Image
 
-    cell = max(3, min(9, width // experts - 1))
-    pitch, rows = cell + 1, len(layers)
+    rows = len(layers)
+    cw, ch = max(3, min(9, width // experts - 1)), max(3, min(12, height // rows - 1))  # cell width, height
     palette = np.array([_rgb(_CACHE_COLOUR[c]) for c in (None, "top", "full")], dtype=np.uint8)
     state = np.array([[{None: 0, "top": 1, "full": 2}[c] for c in layer["cached"]] for layer in layers])
     active, pref = np.zeros((2, rows, experts), dtype=bool)
     for row, layer in enumerate(layers):
         active[row, list(layer.get("active", ()))] = True
         pref[row, list(layer.get("prefetched", ()))] = True
-    ring = np.ones((cell, cell), dtype=bool)
+    ring = np.ones((ch, cw), dtype=bool)
     ring[1:-1, 1:-1] = False
-    blocks = np.repeat(np.repeat(palette[state][:, :, None, None, :], cell, 2), cell, 3)  # [L, E, c, c, 3]
+    blocks = np.repeat(np.repeat(palette[state][:, :, None, None, :], ch, 2), cw, 3)  # [L, E, ch, cw, 3]
     blocks[active[:, :, None, None] & ring] = _rgb(ACTIVE)
     blocks[pref[:, :, None, None] & ~ring] = _rgb(PREFETCHED)
-    img = np.full((rows * pitch + 1, experts * pitch + 1, 3), 255, dtype=np.uint8)
-    grid = img[1:, 1:].reshape(rows, pitch, experts, pitch, 3)
-    grid[:, :cell, :, :cell] = blocks.transpose(0, 2, 1, 3, 4)
+    img = np.full((rows * (ch + 1) + 1, experts * (cw + 1) + 1, 3), 255, dtype=np.uint8)
+    grid = img[1:, 1:].reshape(rows, ch + 1, experts, cw + 1, 3)
+    grid[:, :ch, :, :cw] = blocks.transpose(0, 2, 1, 3, 4)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

@@ -86,8 +86,8 @@ def serve(c: Controller, host: str = "127.0.0.1", port: int = 7860, share: bool 
           inbrowser: bool = False) -> tuple[gr.Blocks, str]:
     """Build the page, start loading the model, and serve without blocking (`demo.block_thread()`
     waits). Returns the Blocks and the local URL."""
+    c.start()
     demo = build(c)
     demo.queue(max_size=32, default_concurrency_limit=4)
-    c.start()
     _, url, _ = demo.launch(prevent_thread_lock=True, **launch_kwargs(host, port, share, inbrowser))
     return demo, url
