@@ -12,12 +12,6 @@ from app.panels import fmt_bytes
 
 DEMO = "demo"
 DEMO_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
-HUB_PRESETS = {  # the known hub models, in the picker's order -> their moepic_core.presets name
-    "mistralai/Mixtral-8x7B-Instruct-v0.1": "mixtral-8x7b",
-    "Qwen/Qwen1.5-MoE-A2.7B-Chat": "qwen1.5-moe-a2.7b",
-    "Qwen/Qwen3-30B-A3B": "qwen3-30b-a3b",
-    "allenai/OLMoE-1B-7B-0924-Instruct": "olmoe-1b-7b",
-}
 RAM_WARN_SHARE = 0.8  # warn when a model needs more than this share of the available RAM
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -39,7 +33,9 @@ class ModelCheck:
 
 
 def choices() -> list[str]:
-    return [DEMO, *HUB_PRESETS]
+    from moepic_core.presets import HUB_MODELS
+
+    return [DEMO, *HUB_MODELS]
 
 
 def is_hub_id(choice: str) -> bool:
@@ -122,9 +118,9 @@ def check(choice: str, quant: str, ram_available: int, cpu: bool) -> ModelCheck:
 
 def check_hub(repo_id: str, quant: str, ram_available: int, cpu: bool) -> ModelCheck:
     """A known hub model that is not downloaded: the RAM check from its preset, before any download."""
-    from moepic_core.presets import PRESETS
+    from moepic_core.presets import preset_for_hub
 
-    preset = PRESETS.get(HUB_PRESETS.get(repo_id, ""))
+    preset = preset_for_hub(repo_id)
     intro = f"{repo_id} is not downloaded yet: Load downloads it from huggingface.co (safetensors only)"
     if preset is None:
         return ModelCheck(repo_id, "warn", f"{intro}; its size is checked after the download.", hub_id=repo_id)

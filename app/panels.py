@@ -209,11 +209,11 @@ def stats_html(snap: dict | None) -> str:
     budget = fmt_bytes(vram) if vram is not None else "no limit"
     sim = "simulated · " if b.get("simulated") else ""
     cards = [
-        _card("speed", f'{t.get("tokens_per_s", 0.0):.1f} tok/s', f'{t.get("tokens", 0)} tokens'),
+        _card("speed", f'{t.get("tokens_per_s", 0.0):.1f}<span class="mp-unit">tok/s</span>', f'{t.get("tokens", 0)} tokens'),
         _card("hit rate", fmt_pct(t.get("hit_rate") if activations else None),
               f"full {fmt_pct(full_share)} · top {fmt_pct(top_share)}"),
         _card("moved / token", fmt_bytes(t.get("bytes_per_token")), f'{fmt_bytes(t.get("bytes_fetched"))} in all'),
-        _card("eff. bandwidth", f'{t.get("effective_bandwidth_gbps", 0.0):.2f} GB/s', "bytes moved ÷ time"),
+        _card("eff. bandwidth", f'{t.get("effective_bandwidth_gbps", 0.0):.2f}<span class="mp-unit">GB/s</span>', "bytes moved ÷ time"),
         _card("prefetch precision", fmt_pct(t.get("prefetch_precision")), "guesses used"),
         _card("prefetch recall", fmt_pct(t.get("prefetch_recall")), "uses guessed"),
         _card("VRAM budget", budget, f'{sim}dense {fmt_bytes(b.get("dense_bytes"))}'),

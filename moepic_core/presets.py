@@ -34,6 +34,21 @@ PRESETS: dict[str, ModelSpec] = {s.name: s for s in (
 )}
 
 
+# Chat models on the Hugging Face hub -> the preset with their sizes (the app offers these for download).
+HUB_MODELS: dict[str, str] = {
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": "mixtral-8x7b",
+    "Qwen/Qwen1.5-MoE-A2.7B-Chat": "qwen1.5-moe-a2.7b",
+    "Qwen/Qwen3-30B-A3B": "qwen3-30b-a3b",
+    "allenai/OLMoE-1B-7B-0924-Instruct": "olmoe-1b-7b",
+}
+
+
+def preset_for_hub(repo_id: str) -> ModelSpec | None:
+    """The sizes of a known hub model before it is downloaded, or None for an unknown id."""
+    name = HUB_MODELS.get(repo_id)
+    return PRESETS[name] if name else None
+
+
 def get_preset(name: str) -> ModelSpec:
     spec = PRESETS.get(name.lower())
     if spec is None:
