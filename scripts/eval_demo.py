@@ -36,10 +36,10 @@ SEQ_LEN = 256
 
 
 def load_model(folder: str):
-    from transformers import AutoTokenizer, MixtralForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
-    model = MixtralForCausalLM.from_pretrained(folder, dtype=torch.float32, experts_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, experts_implementation="eager").eval()
     return tok, model
 
 

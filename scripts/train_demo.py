@@ -1,10 +1,10 @@
-"""Train the built-in demo MoE model (a small Mixtral) on Shakespeare, seeded and reproducible.
+"""Train the built-in demo MoE model (a small Mixtral or Qwen3-MoE) on Shakespeare, seeded and reproducible.
 
     python scripts/fetch_demo_corpus.py --out data/demo_corpus
     python scripts/train_demo.py --corpus data/demo_corpus --run runs/demo --out assets/demo-model \
         --max-steps 1500 --max-minutes 68
 
-Steps: train a byte-level BPE tokenizer on the training split; build a MixtralForCausalLM from a
+Steps: train a byte-level BPE tokenizer on the training split; build the model from a
 config; train with AdamW on random windows (one CPU thread by default), residual/embedding dropout
 and a per-layer Switch-style load-balancing loss; print train and held-out cross-entropy every
 `--eval-every` steps; keep the best held-out checkpoint (atomic: temp dir, then rename) so a run
@@ -61,16 +61,26 @@ def train_tokenizer(text: str, vocab_size: int, folder: Path):
 
 
 def demo_config(tok, args):
-    from transformers import MixtralConfig
-
+    """A MixtralConfig, or with `--arch qwen3_moe` a Qwen3MoeConfig whose `--dense-layers` have a plain
+    MLP (as DeepSeek/Qwen-style models keep their first layer dense), from the size flags."""
     assert args.hidden % 64 == 0 and args.intermediate % 16 == 0, "int4/int8 groups need H % 64, I % 16"
-    return MixtralConfig(
-        vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 128,
-        head_dim=64, num_local_experts=args.experts, num_experts_per_tok=2, max_position_embeddings=1024,
-        rope_theta=10000.0, tie_word_embeddings=False, attention_dropout=0.0, router_aux_loss_coef=0.02,
+    common = dict(
+        vocab_size=len(tok), hidden_size=args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 128, head_dim=64,
+        num_experts_per_tok=2, max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=False,
+        attention_dropout=0.0, router_aux_loss_coef=args.balance_coef,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
+    if args.arch == "mixtral":
+        from transformers import MixtralConfig
+
+        assert not args.dense_layers, "--dense-layers needs --arch qwen3_moe"
+        return MixtralConfig(intermediate_size=args.intermediate, num_local_experts=args.experts, **common)
+    from transformers import Qwen3MoeConfig
+
+    return Qwen3MoeConfig(moe_intermediate_size=args.intermediate, intermediate_size=2 * args.intermediate,
+                          num_experts=args.experts, norm_topk_prob=True, decoder_sparse_step=1,
+                          mlp_only_layers=list(args.dense_layers), **common)
 
 
 def add_dropout(model, p: float) -> None:
@@ -151,6 +161,9 @@ def main(argv=None) -> None:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--intermediate", type=int, default=192)
+    ap.add_argument("--arch", choices=("mixtral", "qwen3_moe"), default="mixtral")
+    ap.add_argument("--dense-layers", type=lambda v: [int(i) for i in v.split(",") if i], default=[],
+                    help="qwen3_moe only: comma-separated layers with a dense MLP (2x the expert width) instead of experts")
     ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--experts", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
@@ -171,7 +184,7 @@ def main(argv=None) -> None:
     t0 = time.time()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    from transformers import MixtralForCausalLM
+    from transformers import AutoModelForCausalLM
 
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
@@ -183,7 +196,7 @@ def main(argv=None) -> None:
     print(f"tokens: train {len(train_ids):,}  held out {len(held_ids):,}  vocab {len(tok)}", flush=True)
 
     config = demo_config(tok, args)
-    model = MixtralForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.set_experts_implementation(args.experts_impl)
     add_dropout(model, args.dropout)
     n_params = sum(p.numel() for p in model.parameters())
@@ -233,7 +246,7 @@ def main(argv=None) -> None:
             break
     (run / "history.json").write_text(json.dumps(history, indent=1))
 
-    best_model = MixtralForCausalLM.from_pretrained(run / "best")
+    best_model = AutoModelForCausalLM.from_pretrained(run / "best")
     full = heldout_ce(best_model, held_ids, args.seq_len)
     state = json.loads((run / "best" / "training_state.json").read_text())
     print(f"best checkpoint: step {state['step']}; held-out CE (all windows) {full:.4f}, perplexity {math.exp(full):.2f}; "
