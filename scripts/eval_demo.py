@@ -7,7 +7,8 @@ Plain transformers (eager experts, float32):
   - greedy and sampled answers to five prompts through the chat template;
   - routing per MoE layer on the held-out text in real token order: usage entropy (bits; 3.0 is
     uniform over 8), the two busiest experts' share of activations, dead experts (no activation),
-    and the LRU hit rate with half the experts cached, real token order vs the same tokens shuffled.
+    the LRU hit rate with half the experts cached and the reuse (share of a token's experts that the
+    previous token also used), real token order vs the same tokens shuffled.
 With --engine (needs `moepic_core.Engine`): held-out perplexity through the engine in float32, int8
 and int4, and a routing trace of decoded tokens saved beside the model (moepic_core.trace format).
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for moepic_core
 
 PROMPTS = [
     [{"role": "user", "content": "What news from the court, my lord?"}],
@@ -100,7 +103,14 @@ def lru_hit_rate(experts: np.ndarray, capacity: int) -> float:
     return hits / max(1, total)
 
 
-def routing_table(trace: np.ndarray, num_experts: int, seed: int = 0) -> list[dict]:
+def reuse(experts: np.ndarray) -> float:
+    """Share of a token's k experts that the previous token also used, one layer [T, k]."""
+    same = (experts[1:, :, None] == experts[:-1, None, :]).any(-1)
+    return float(same.mean())
+
+
+def routing_table(trace: np.ndarray, num_experts: int, layers=None, seed: int = 0) -> list[dict]:
+    """Per MoE layer (labelled by its decoder-layer index from `layers`): usage and locality stats."""
     T, L, k = trace.shape
     shuffled = trace[np.random.default_rng(seed).permutation(T)]
     rows = []
@@ -108,27 +118,28 @@ def routing_table(trace: np.ndarray, num_experts: int, seed: int = 0) -> list[di
         counts = np.bincount(trace[:, l].ravel(), minlength=num_experts)
         p = counts / counts.sum()
         nz = p[p > 0]
-        rows.append(dict(layer=l, entropy_bits=float(-(nz * np.log2(nz)).sum()),
+        rows.append(dict(layer=layers[l] if layers is not None else l, entropy_bits=float(-(nz * np.log2(nz)).sum()),
                          top2_share=float(np.sort(p)[::-1][:2].sum()), dead=int((counts == 0).sum()),
                          min_share=float(p.min()),
                          lru_real=lru_hit_rate(trace[:, l], num_experts // 2),
-                         lru_shuffled=lru_hit_rate(shuffled[:, l], num_experts // 2)))
+                         lru_shuffled=lru_hit_rate(shuffled[:, l], num_experts // 2),
+                         reuse_real=reuse(trace[:, l]), reuse_shuffled=reuse(shuffled[:, l])))
     return rows
 
 
 def print_routing(rows: list[dict], tokens: int, what: str = "held-out text, prefill") -> None:
     print(f"\nrouting on {tokens:,} tokens of {what} (LRU: half the experts cached per layer)")
-    print("| layer | entropy (bits) | top-2 share | dead | min share | LRU hit real | LRU hit shuffled |")
-    print("|---|---|---|---|---|---|---|")
+    print("| layer | entropy (bits) | top-2 share | dead | min share | LRU hit real | LRU hit shuffled | "
+          "reuse real | reuse shuffled |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print("| {layer} | {entropy_bits:.3f} | {top2_share:.3f} | {dead} | {min_share:.3f} | {lru_real:.3f} | "
-              "{lru_shuffled:.3f} |".format(**r))
+              "{lru_shuffled:.3f} | {reuse_real:.3f} | {reuse_shuffled:.3f} |".format(**r))
 
 
 def engine_eval(folder: str, ids: torch.Tensor, trace_path: Path | None, trace_tokens: int, cache_dir: str) -> dict:
     """Perplexity through the engine (CPU, float32 compute) per expert quantization; then a routing trace
     of sampled chat answers decoded through the float32 engine, saved to `trace_path`."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for moepic_core
     from moepic_core import Engine
 
     result = {"ppl": {}}
@@ -156,7 +167,7 @@ def engine_eval(folder: str, ids: torch.Tensor, trace_path: Path | None, trace_t
         recall = trace.prediction_recall()
         if recall is not None:
             result["trace"]["prediction_recall"] = [float(r) for r in recall]
-        result["trace_routing"] = routing_table(trace.experts, trace.num_experts)
+        result["trace_routing"] = routing_table(trace.experts, trace.num_experts, engine.spec.moe_layers)
         print_routing(result["trace_routing"], trace.num_tokens, f"decode trace through the engine ({seed} answers)")
         if trace_path is not None:
             trace.save(trace_path)
@@ -217,8 +228,11 @@ def main(argv=None) -> None:
         results["answers"].append(row)
         print(f"\nprompt: {json.dumps(messages)}\n  greedy:  {row['greedy']!r}\n  sampled: {row['sampled']!r}")
 
-    trace = routing(model, held, model.config.num_experts_per_tok)
-    results["routing"] = routing_table(trace, model.config.num_local_experts)
+    from moepic_core.models import load_spec
+
+    spec = load_spec(args.model)
+    trace = routing(model, held, spec.top_k)
+    results["routing"] = routing_table(trace, spec.num_experts, spec.moe_layers)
     print_routing(results["routing"], trace.shape[0])
 
     if args.engine:
