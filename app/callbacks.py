@@ -97,9 +97,10 @@ class Controller:
         if self.worker.engine is None or snap is None:
             error = self.worker.load_error
             self.message = status_html("error", error) if error else self.message
-            return (self.message, gr.Slider(interactive=False), *panels(None))
+            return (self.message, gr.Slider(interactive=False), *panels(None), gr.skip(), gr.skip())
         slider = gr.Slider(interactive=True, **vram_range(snap, self.hw, self.simulated))
-        return (self.message, slider, *panels(snap))
+        sampling = self.worker.engine.sampling_defaults  # the model's generation_config.json, as Ollama does
+        return (self.message, slider, *panels(snap), sampling["temperature"], sampling["top_p"])
 
     def _loaded_message(self, label: str, warning: str = "") -> str:
         warning = " ".join(w for w in (warning, self.worker.load_warning or "") if w)
@@ -142,10 +143,10 @@ class Controller:
         if check.hub_id:
             folder, error = self._download(check.hub_id, progress)
             if error:
-                return (status_html("error", error), gr.skip(), *(gr.skip(),) * 4)
+                return (status_html("error", error), *(gr.skip(),) * 7)
             check = models.check_folder(folder, quant, ram, self.simulated, choice)
         if not check.loadable:  # the current model, if any, stays loaded
-            return (status_html("error", check.message), gr.skip(), *(gr.skip(),) * 4)
+            return (status_html("error", check.message), *(gr.skip(),) * 7)
         future = self.worker.load(str(check.folder), label=choice, after=self._after_load,
                                   **self._load_kwargs(quant, policy))
         self._wait_with_progress(future, progress)

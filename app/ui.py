@@ -65,11 +65,12 @@ def build(c: Controller) -> gr.Blocks:
 
         picker.change(c.validate, [picker, quant], status, api_name="validate")
         quant.change(c.validate, [picker, quant], status, api_visibility="undocumented")
-        load.click(c.load_model, [picker, quant, policy], [status, slider, *panel_outputs], api_name="load_model",
+        loaded_outputs = [status, slider, *panel_outputs, temperature, top_p]  # sampling: the model's defaults
+        load.click(c.load_model, [picker, quant, policy], loaded_outputs, api_name="load_model",
                    **ENGINE)
         slider.release(c.set_vram, slider, [status, *panel_outputs], api_name="set_vram", **ENGINE)
         policy.input(c.set_policy, policy, [status, *panel_outputs], api_name="set_policy", **ENGINE)
-        demo.load(c.page_load, None, [status, slider, *panel_outputs], api_name="page_load", concurrency_limit=None)
+        demo.load(c.page_load, None, loaded_outputs, api_name="page_load", concurrency_limit=None)
     return demo
 
 

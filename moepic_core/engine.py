@@ -87,6 +87,7 @@ class Engine:
         if progress:
             progress("loading dense weights", 0.0)
         model_ = build_dense_model(config, adapter, reader, TORCH_DTYPES[dtype], device)
+        model_.generation_config = cls._load_generation_config(folder, model_.generation_config)
         routers = [adapter.moe_block(model_, layer).gate for layer in spec.moe_layers]
         runtime = ExpertRuntime(store, routers, device, TORCH_DTYPES[dtype], policy=cfg.policy,
                                 policy_params=cfg.policy_params, prefetch=cfg.prefetch,
@@ -99,6 +100,27 @@ class Engine:
         if progress:
             progress("ready", 1.0)
         return engine
+
+    @staticmethod
+    def _load_generation_config(folder, fallback):
+        """The folder's generation_config.json (eos ids, recommended sampling), else `fallback`."""
+        from transformers import GenerationConfig
+
+        if not (folder / "generation_config.json").is_file():
+            return fallback
+        try:
+            return GenerationConfig.from_pretrained(folder)
+        except (OSError, ValueError) as e:
+            log.warning("ignoring %s/generation_config.json: %s", folder, e)
+            return fallback
+
+    @property
+    def sampling_defaults(self) -> dict:
+        """The model's recommended sampling from its generation_config.json; temperature 0 = greedy."""
+        gen = self.model.generation_config
+        if not getattr(gen, "do_sample", False):
+            return {"temperature": 0.0, "top_p": 1.0}
+        return {"temperature": float(gen.temperature or 1.0), "top_p": float(gen.top_p or 1.0)}
 
     @staticmethod
     def _load_tokenizer(folder):

@@ -266,7 +266,7 @@ def model_accuracy(spec, trace, prefetch_accuracy: float | None) -> np.ndarray:
     recall = None if trace is None else trace.prediction_recall()
     if recall is None:
         return np.zeros(L)
-    return recall[np.arange(L) * trace.num_layers // L]
+    return np.nan_to_num(recall, nan=0.0)[np.arange(L) * trace.num_layers // L]  # never guessed: no prefetch
 
 
 def to_layout(spec, cm: CostModel, sol: Solution, quant: str, dtype: str, prediction: dict):

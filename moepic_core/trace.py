@@ -113,11 +113,15 @@ class RoutingTrace:
         return float((s[1:] == s[:-1]).all(axis=2).mean())
 
     def prediction_recall(self) -> np.ndarray | None:
-        """Per layer, the fraction of chosen experts that the recorded guess contained: float [L]."""
+        """Per layer, the fraction of chosen experts that the recorded guess contained, over the steps
+        where a guess was made: float [L], NaN for a layer never guessed (the first MoE layer)."""
         if self.predicted is None:
             return None
-        hit = (self.experts[:, :, :, None] == self.predicted[:, :, None, :]).any(axis=3)
-        return hit.mean(axis=(0, 2))
+        hit = (self.experts[:, :, :, None] == self.predicted[:, :, None, :]).any(axis=3).sum(axis=2)
+        guessed = (self.predicted >= 0).any(axis=2)                  # [T, L]
+        steps = guessed.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(steps > 0, (hit * guessed).sum(axis=0) / (steps * self.top_k), np.nan)
 
     def next_layer_coverage(self, guesses: int) -> float:
         """Coverage of next-layer experts by a guess from the current layer's set alone: for each layer

@@ -4,7 +4,7 @@
 
 Plain transformers (eager experts, float32):
   - held-out perplexity over consecutive 256-token windows of the held-out plays;
-  - greedy and sampled answers to five prompts through the chat template;
+  - greedy and sampled (T 0.8, top-p 0.95, seed = the prompt's number 1-5) answers to five prompts through the chat template;
   - routing per MoE layer on the held-out text in real token order: usage entropy (bits; 3.0 is
     uniform over 8), the two busiest experts' share of activations, dead experts (no activation),
     the LRU hit rate with half the experts cached and the reuse (share of a token's experts that the
@@ -166,7 +166,7 @@ def engine_eval(folder: str, ids: torch.Tensor, trace_path: Path | None, trace_t
         result["trace"] = dict(trace.stats(), answers=seed)
         recall = trace.prediction_recall()
         if recall is not None:
-            result["trace"]["prediction_recall"] = [float(r) for r in recall]
+            result["trace"]["prediction_recall"] = [None if np.isnan(r) else float(r) for r in recall]  # None: never guessed
         result["trace_routing"] = routing_table(trace.experts, trace.num_experts, engine.spec.moe_layers)
         print_routing(result["trace_routing"], trace.num_tokens, f"decode trace through the engine ({seed} answers)")
         if trace_path is not None:
@@ -222,9 +222,9 @@ def main(argv=None) -> None:
           f"(CE {math.log(results['heldout_ppl']):.4f} nats/token over {len(windows(held)) * SEQ_LEN:,} tokens)")
 
     results["answers"] = []
-    for messages in PROMPTS:
+    for number, messages in enumerate(PROMPTS, 1):  # each prompt samples with its own seed, its number
         row = {"messages": messages, "greedy": answer(model, tok, messages, False),
-               "sampled": answer(model, tok, messages, True, seed=0)}
+               "sampled": answer(model, tok, messages, True, seed=number)}
         results["answers"].append(row)
         print(f"\nprompt: {json.dumps(messages)}\n  greedy:  {row['greedy']!r}\n  sampled: {row['sampled']!r}")
 

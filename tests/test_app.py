@@ -153,8 +153,10 @@ def test_budget_below_minimum_at_start_loads_at_the_minimum_with_a_warning(serve
     controller.start()
     try:
         assert controller.worker.wait_loaded(timeout=120) is not None, controller.worker.load_error
-        status = controller.page_load(progress=lambda *a, **k: None)[0]
+        outputs = controller.page_load(progress=lambda *a, **k: None)
+        status = outputs[0]
         assert "mp-warn" in status and "minimum" in status
+        assert outputs[-2:] == (0.0, 1.0)  # sampling sliders: this model's generation_config asks for greedy
         budgets = controller.worker.last_snapshot["budgets"]
         assert budgets["vram_bytes"] >= budgets["min_vram_bytes"]
     finally:

@@ -113,5 +113,8 @@ def test_demo_name_resolves_to_this_model(store_dir):
 
     engine = Engine.load("demo", device="cpu", dtype="float32", cache_dir=store_dir)
     assert engine.folder.resolve() == DEMO.resolve()
+    # the app starts its sampling sliders here: the model's generation_config.json asks for sampling
+    assert engine.sampling_defaults == {"temperature": 0.8, "top_p": 0.95}
+    assert engine.model.generation_config.max_new_tokens == 128
     text = "".join(engine.stream_chat([{"role": "user", "content": "Good morrow."}], max_new_tokens=8))
     assert text.strip()

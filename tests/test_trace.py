@@ -60,6 +60,10 @@ def test_statistics_by_hand():
     pred = np.array([[[0, 2]], [[1, 3]], [[3, 2]], [[3, 3]]], np.int16)
     tr2 = RoutingTrace(tr.experts, pred, num_experts=4)
     assert tr2.prediction_recall().tolist() == [pytest.approx(4 / 8)]   # 1 + 1 + 2 + 0 of 8
+    pred[1:3] = -1                                                      # no guess at t1, t2: not counted
+    assert RoutingTrace(tr.experts, pred, num_experts=4).prediction_recall().tolist() == [pytest.approx(1 / 4)]
+    never = RoutingTrace(tr.experts, np.full_like(pred, -1), num_experts=4).prediction_recall()
+    assert np.isnan(never[0])                                           # a layer nobody guesses: no recall
 
 
 def test_synthetic_is_deterministic_and_valid():
