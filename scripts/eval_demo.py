@@ -19,7 +19,6 @@ import json
 import math
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -84,25 +83,6 @@ def routing(model, ids: torch.Tensor, top_k: int) -> np.ndarray:
     return torch.cat(chosen).numpy().astype(np.int16)
 
 
-def lru_hit_rate(experts: np.ndarray, capacity: int) -> float:
-    """Replay one layer's expert sets [T, k] through an LRU cache of `capacity` experts."""
-    cache: OrderedDict[int, None] = OrderedDict()
-    hits = total = 0
-    for token in experts.tolist():
-        for e in token:
-            total += 1
-            if e in cache:
-                hits += 1
-                cache.move_to_end(e)
-            else:
-                cache[e] = None
-                if len(cache) > capacity:
-                    cache.popitem(last=False)
-        for e in token:  # all k experts of a token are in use together
-            cache.move_to_end(e)
-    return hits / max(1, total)
-
-
 def reuse(experts: np.ndarray) -> float:
     """Share of a token's k experts that the previous token also used, one layer [T, k]."""
     same = (experts[1:, :, None] == experts[:-1, None, :]).any(-1)
@@ -110,20 +90,25 @@ def reuse(experts: np.ndarray) -> float:
 
 
 def routing_table(trace: np.ndarray, num_experts: int, layers=None, seed: int = 0) -> list[dict]:
-    """Per MoE layer (labelled by its decoder-layer index from `layers`): usage and locality stats."""
+    """Per MoE layer (labelled by its decoder-layer index from `layers`): usage and locality stats.
+    The LRU hit rate replays the trace through the engine's own cache directory (moepic_core.replay)."""
+    from moepic_core.replay import activations, replay_hits
+    from moepic_core.trace import RoutingTrace
+
     T, L, k = trace.shape
-    shuffled = trace[np.random.default_rng(seed).permutation(T)]
+    real = RoutingTrace(trace, num_experts=num_experts)
+    shuffled = RoutingTrace(trace[np.random.default_rng(seed).permutation(T)], num_experts=num_experts)
+    half = [num_experts // 2] * L
+    lru = {name: replay_hits(t, half, "lru") / activations(t) for name, t in (("real", real), ("shuffled", shuffled))}
     rows = []
-    for l in range(L):
-        counts = np.bincount(trace[:, l].ravel(), minlength=num_experts)
+    for l, counts in enumerate(real.counts()):
         p = counts / counts.sum()
         nz = p[p > 0]
         rows.append(dict(layer=layers[l] if layers is not None else l, entropy_bits=float(-(nz * np.log2(nz)).sum()),
                          top2_share=float(np.sort(p)[::-1][:2].sum()), dead=int((counts == 0).sum()),
-                         min_share=float(p.min()),
-                         lru_real=lru_hit_rate(trace[:, l], num_experts // 2),
-                         lru_shuffled=lru_hit_rate(shuffled[:, l], num_experts // 2),
-                         reuse_real=reuse(trace[:, l]), reuse_shuffled=reuse(shuffled[:, l])))
+                         min_share=float(p.min()), lru_real=float(lru["real"][l]),
+                         lru_shuffled=float(lru["shuffled"][l]),
+                         reuse_real=reuse(real.experts[:, l]), reuse_shuffled=reuse(shuffled.experts[:, l])))
     return rows
 
 
