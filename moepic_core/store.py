@@ -180,7 +180,8 @@ def build_cache(path: Path, reader: CheckpointReader, adapter, spec: ModelSpec, 
         for pos, layer in enumerate(spec.moe_layers):
             crc = 0
             for e in range(spec.num_experts):
-                gate, up, down = (reader.get(adapter.expert_key(layer, e, k)) for k in ("gate", "up", "down"))
+                weights = adapter.expert_weights(reader, layer, e)
+                gate, up, down = weights.gate, weights.up, weights.down
                 if gate.shape != (spec.intermediate_size, spec.hidden_size) or down.shape != (
                         spec.hidden_size, spec.intermediate_size):
                     raise ModelLoadError(f"expert {e} of layer {layer} has shapes {tuple(gate.shape)}, "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..spec import ModelSpec
-from .base import FamilyAdapter
+from .base import ExpertWeights, FamilyAdapter
 from .families import ADAPTERS
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo-model"

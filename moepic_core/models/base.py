@@ -8,8 +8,25 @@ which layers have that block and where each expert's weights sit in the checkpoi
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+
+import torch
 
 from ..spec import ModelSpec
+
+
+@dataclass
+class ExpertWeights:
+    """One routed expert as the checkpoint gives it (any float dtype). Biases are optional:
+    `gate_bias`/`up_bias` [I] belong to neurons (they travel with the neuron's rows when split);
+    `down_bias` [H] is added once per expert, never once per segment."""
+
+    gate: torch.Tensor  # [I, H]
+    up: torch.Tensor  # [I, H]
+    down: torch.Tensor  # [H, I]
+    gate_bias: torch.Tensor | None = None
+    up_bias: torch.Tensor | None = None
+    down_bias: torch.Tensor | None = None
 
 
 class FamilyAdapter:
@@ -45,6 +62,11 @@ class FamilyAdapter:
     # --- checkpoint keys ----------------------------------------------------------------------
     def expert_key(self, layer: int, expert: int, kind: str) -> str:
         return self.expert_key_format.format(layer=layer, expert=expert, kind=self.kind_names[kind])
+
+    def expert_weights(self, reader, layer: int, expert: int) -> ExpertWeights:
+        """Expert `expert` of decoder layer `layer`, read from a CheckpointReader (override for fused
+        or quantized checkpoint layouts)."""
+        return ExpertWeights(*(reader.get(self.expert_key(layer, expert, k)) for k in ("gate", "up", "down")))
 
     def is_expert_key(self, key: str) -> bool:
         return self._expert_re.match(key) is not None
