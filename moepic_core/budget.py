@@ -22,6 +22,7 @@ class Budget:
     workspace_bytes: int
     vram_bytes: int | None
     simulated: bool  # CPU mode: the "device" is host RAM and the budget only shapes the cache
+    in_place: bool = False  # CPU: every expert computed where it lies in the store; no cache, no copies
 
     @property
     def min_vram_bytes(self) -> int:
@@ -31,7 +32,7 @@ class Budget:
         return {"vram_bytes": self.vram_bytes, "cache_bytes": self.cache_bytes, "dense_bytes": self.dense_bytes,
                 "kv_reserve_bytes": self.kv_reserve_bytes, "staging_bytes": self.staging_bytes,
                 "workspace_bytes": self.workspace_bytes, "min_vram_bytes": self.min_vram_bytes,
-                "simulated": self.simulated}
+                "simulated": self.simulated, "in_place": self.in_place}
 
 
 def fixed_costs(spec: ModelSpec, dtype: str, max_context: int, staging_bytes: int) -> dict:

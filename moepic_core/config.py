@@ -7,6 +7,7 @@ from .cache.policies import POLICIES
 from .spec import QUANTS
 
 DTYPES = ("float32", "bfloat16", "float16")
+CPU_MODES = ("auto", "in-place", "simulated")
 GB = 1e9
 
 
@@ -25,6 +26,11 @@ class EngineConfig:
     prefetch_extra: int = 0  # guesses beyond top-k
     cache_dir: str | None = None  # where packed expert stores live (default ~/.cache/moepic)
     policy_params: dict = field(default_factory=dict)
+    # CPU only: "in-place" computes every expert where it lies in the memory-mapped store (fast, the
+    # default for a real model); "simulated" holds a VRAM-sized cache in RAM to show the cache at work
+    # (the default for the demo or when a budget is given)
+    cpu_mode: str = "auto"
+    dense_quant: str | None = None  # CPU dense linears: None = same as quant; "none" keeps them float
 
     def __post_init__(self):
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -43,5 +49,9 @@ class EngineConfig:
             raise ValueError(f"split must be a ratio in (0, 1], got {self.split}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.cpu_mode not in CPU_MODES:
+            raise ValueError(f"cpu_mode must be one of {', '.join(CPU_MODES)}, got {self.cpu_mode!r}")
+        if self.dense_quant is not None and self.dense_quant not in QUANTS:
+            raise ValueError(f"dense_quant must be one of {', '.join(QUANTS)}, got {self.dense_quant!r}")
         if self.max_context < 1 or self.prefetch_extra < 0:
             raise ValueError("max_context must be >= 1 and prefetch_extra >= 0")

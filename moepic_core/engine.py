@@ -14,11 +14,12 @@ from collections.abc import Iterator
 
 import torch
 
-from . import models
+from . import models, native
 from .budget import Budget, fixed_costs
 from .config import GB, EngineConfig
 from .errors import BudgetError, GenerationError, MoepicError
 from .generation import SamplingConfig, decode_tokens
+from .kernels import pack_dense_linears, torch_workspace_bytes
 from .layout import Layout, uniform_layout
 from .loader import build_dense_model
 from .offload import ExpertRuntime, OffloadedExperts
@@ -38,10 +39,33 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_dtype(config, device: torch.device) -> str:
-    if device.type == "cpu":
-        return "float32"
+    """CPU: bf16 for a bf16 checkpoint (half the bytes of fp32 for the kernels to read: measured
+    1.9x faster per expert, benchmarks/kernels.py), else fp32. CUDA: the checkpoint's half type."""
     ckpt = str(getattr(config, "torch_dtype", None) or getattr(config, "dtype", "") or "")
+    if device.type == "cpu":
+        return "bfloat16" if "bfloat16" in ckpt else "float32"
     return "bfloat16" if "bfloat16" in ckpt and torch.cuda.is_bf16_supported() else "float16"
+
+
+def kernel_activation(config) -> str | None:
+    """The native kernels' name for the experts' activation, or None (then torch computes them)."""
+    act = str(getattr(config, "hidden_act", "silu"))
+    return {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}.get(act)
+
+
+def resolve_cpu_mode(cfg: EngineConfig, device: torch.device) -> str:
+    """"auto" made concrete: in place for a real model without a budget on the CPU, simulated for the
+    demo or when a budget is given; "gpu" on CUDA (see EngineConfig.cpu_mode)."""
+    if device.type != "cpu":
+        return "gpu"
+    if cfg.cpu_mode != "auto":
+        return cfg.cpu_mode
+    simulate = cfg.model == "demo" or cfg.vram_gb is not None or cfg.cache_gb is not None
+    return "simulated" if simulate else "in-place"
+
+
+def in_place_mode(cfg: EngineConfig, device: torch.device) -> bool:
+    return resolve_cpu_mode(cfg, device) == "in-place"
 
 
 _HARDWARE = {}
@@ -79,6 +103,8 @@ class Engine:
                     if not adapter.is_expert_key(key))
         spec = adapter.spec(folder.name, dense)
         device = resolve_device(cfg.device)
+        if device.type == "cpu":
+            cfg = dataclasses.replace(cfg, cpu_mode=resolve_cpu_mode(cfg, device))
         dtype = cfg.dtype or default_dtype(config, device)
         cls._check_budget(cfg, spec, dtype, device)  # fail before the slow part
         tokenizer = cls._load_tokenizer(folder)
@@ -89,17 +115,31 @@ class Engine:
         model_ = build_dense_model(config, adapter, reader, TORCH_DTYPES[dtype], device)
         model_.generation_config = cls._load_generation_config(folder, model_.generation_config)
         routers = [adapter.moe_block(model_, layer).gate for layer in spec.moe_layers]
+        act_fn = adapter.moe_block(model_, spec.moe_layers[0]).experts.act_fn
         runtime = ExpertRuntime(store, routers, device, TORCH_DTYPES[dtype], policy=cfg.policy,
                                 policy_params=cfg.policy_params, prefetch=cfg.prefetch,
-                                prefetch_extra=cfg.prefetch_extra)
+                                prefetch_extra=cfg.prefetch_extra, act_fn=act_fn,
+                                act=kernel_activation(config), in_place=in_place_mode(cfg, device))
         for pos, layer in enumerate(spec.moe_layers):
             block = adapter.moe_block(model_, layer)
             block.experts = OffloadedExperts(runtime, pos, block.experts.act_fn)
+        cls._pack_dense(model_, cfg, dtype, device, routers)
         engine = cls(cfg, folder, spec, adapter, model_, tokenizer, runtime, device, dtype)
         engine._apply(cfg, fresh_policy=True)
         if progress:
             progress("ready", 1.0)
         return engine
+
+    @staticmethod
+    def _pack_dense(model, cfg: EngineConfig, dtype: str, device: torch.device, routers) -> None:
+        """On the CPU, run the dense linears through the native kernels (quantized like the experts
+        unless `dense_quant` says otherwise); float32 stays in torch (exact, and only the tiny models
+        use it). llama.cpp quantizes the dense part too; benchmarks/peer_llamacpp.py measures both."""
+        quant = cfg.dense_quant if cfg.dense_quant is not None else cfg.quant
+        if device.type != "cpu" or native.library() is None or (quant == "none" and dtype == "float32"):
+            return
+        skip = [m for router in routers for m in router.modules()]
+        model.moepic_dense_bytes = pack_dense_linears(model, quant, dtype, skip=skip)
 
     @staticmethod
     def _load_generation_config(folder, fallback):
@@ -135,10 +175,17 @@ class Engine:
     # --- budget and layout --------------------------------------------------------------------
     @staticmethod
     def _budget(cfg: EngineConfig, spec, dtype: str, device: torch.device) -> Budget:
-        staging = ExpertRuntime.staging_buffers(spec.top_k, cfg.prefetch_extra) * spec.expert_bytes(cfg.quant, dtype)
+        in_place = in_place_mode(cfg, device)
+        staging = 0 if in_place else (ExpertRuntime.staging_buffers(spec.top_k, cfg.prefetch_extra)
+                                      * spec.expert_bytes(cfg.quant, dtype))
         costs = fixed_costs(spec, dtype, min(cfg.max_context, 1 << 20), staging)
+        if device.type == "cuda":  # the torch expert kernel's bounded temporaries
+            costs["workspace_bytes"] += torch_workspace_bytes(spec.hidden_size, cfg.quant, 512)
         min_vram = sum(costs.values())
-        simulated = device.type == "cpu"
+        simulated = device.type == "cpu" and not in_place
+        if in_place:
+            return Budget(cache_bytes=spec.store_bytes(cfg.quant, dtype), vram_bytes=None, simulated=False,
+                          in_place=True, **costs)
         vram = None if cfg.vram_gb is None else int(cfg.vram_gb * GB)
         if cfg.cache_gb is not None:
             cache = int(cfg.cache_gb * GB)
@@ -169,6 +216,10 @@ class Engine:
     def _layout(self, cfg: EngineConfig, budget: Budget) -> Layout:
         """The solver's layout when no split is given (trivial budgets need no solver), else uniform."""
         store = self.spec.store_bytes(cfg.quant, self.dtype)
+        if budget.in_place:
+            layout = self._uniform(cfg, budget, 1.0)
+            layout.source = "in-place"
+            return layout
         if cfg.split not in (None, "auto"):
             return self._uniform(cfg, budget, float(cfg.split))
         if budget.cache_bytes <= 0 or budget.cache_bytes >= store:
@@ -216,6 +267,9 @@ class Engine:
     def reconfigure(self, *, vram_gb=None, cache_gb=None, policy=None, split=None, policy_params=None) -> dict:
         """Re-solve and re-lay out the pools for a new budget, policy or split without reloading the
         model; returns the new layout. `split="auto"` goes back to the solver's layout."""
+        if self.budget.in_place and (vram_gb, cache_gb, split) != (None, None, None):
+            raise BudgetError("this engine computes every expert in place in RAM (no cache to size or split); "
+                              "load it with cpu_mode='simulated' (--cpu-mode simulated) to simulate a VRAM cache", 0)
         changes = {}
         if vram_gb is not None:
             changes.update(vram_gb=vram_gb, cache_gb=None)
@@ -230,6 +284,13 @@ class Engine:
         cfg = dataclasses.replace(self.cfg, **changes)
         self._apply(cfg, fresh_policy=(cfg.policy, cfg.policy_params) != (self.cfg.policy, self.cfg.policy_params))
         return self.runtime.layout.to_dict()
+
+    @property
+    def kernels(self) -> str:
+        """Which expert kernels run, in words."""
+        if self.runtime.kernel.native:
+            return native.describe()
+        return "torch" + (f" on {self.device.type}" if self.device.type != "cpu" else f" ({native.describe()})")
 
     @property
     def min_vram_gb(self) -> float:
@@ -339,7 +400,8 @@ class Engine:
             history = list(rt.stats.history)
         return {
             "model": spec.name, "family": spec.family, "device": str(self.device),
-            "cpu_mode": self.device.type == "cpu", "dtype": self.dtype, "quant": self.cfg.quant,
+            "cpu_mode": self.device.type == "cpu", "mode": resolve_cpu_mode(self.cfg, self.device),
+            "kernels": self.kernels, "dtype": self.dtype, "quant": self.cfg.quant,
             "policy": self.cfg.policy, "num_layers": spec.num_moe_layers, "num_experts": spec.num_experts,
             "top_k": spec.top_k, "intermediate_size": spec.intermediate_size,
             "expert_bytes": spec.expert_bytes(self.cfg.quant, self.dtype),

@@ -3,15 +3,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SPLIT_CHUNKS = 16  # split ratios are multiples of 1/16 of the intermediate size
+from .spec import chunk_neurons
+
+SPLIT_CHUNKS = 16  # split ratios are multiples of about 1/16 of the intermediate size
+
+
+def split_step(intermediate_size: int) -> int:
+    """Neurons per split step: about I/16, a multiple of the kernels' chunk (32 neurons)."""
+    unit = chunk_neurons(intermediate_size)
+    return max(unit, intermediate_size // SPLIT_CHUNKS // unit * unit)
 
 
 def split_rows(intermediate_size: int, ratio: float) -> int:
-    """Rows (neurons) in a top segment at `ratio`, rounded to a whole chunk, at least one chunk."""
+    """Rows (neurons) in a top segment at `ratio`, rounded to a whole step, at least one step."""
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"split ratio must be in (0, 1], got {ratio}")
-    chunk = max(1, intermediate_size // SPLIT_CHUNKS)
-    rows = max(chunk, round(ratio * intermediate_size / chunk) * chunk)
+    step = split_step(intermediate_size)
+    rows = max(step, round(ratio * intermediate_size / step) * step)
     return min(rows, intermediate_size)
 
 

@@ -7,11 +7,16 @@ Per forward step and MoE layer `pos` (the `pos`-th MoE layer):
      layer is split, the whole expert on a miss (unless a guess for this layer already fetched it);
   4. on a decode step, layer `pos+1`'s router applied to this layer's input guesses the next
      layer's experts, and their missing bytes are queued behind this layer's fetches;
-  5. experts are computed in eager's order (ascending id): the top segment from the pool slot
-     while the bottom may still be in flight, then the bottom; a missed expert that was admitted
-     has its top rows copied from staging into its slot after use.
+  5. experts are computed in eager's order (ascending id) by the ExpertKernel (kernels.py): the
+     top segment from the pool slot while the bottom may still be in flight, then the bottom; a
+     missed expert that was admitted has its top rows copied from staging into its slot after use.
 On CUDA, fetches run on a copy stream and compute waits on per-buffer events; the only host sync
 is reading the router's choice (step 1), where the data is consumed.
+
+In place (a real model on a CPU-only machine): every expert is resident where it already lies,
+in the memory-mapped store; the "slots" are the store's own bytes, so nothing is ever copied and
+every access is a hit. The simulated mode (CPU, a VRAM-sized budget) runs the cache path above
+with RAM buffers, to show the cache at work.
 """
 from __future__ import annotations
 
@@ -20,17 +25,10 @@ from torch import nn
 
 from .cache import CacheDirectory, make_policy
 from .cache.pool import SlotPool, Staging, Transfer
+from .kernels import ExpertKernel
 from .layout import Layout
 from .prefetch import Prefetcher
-from .quant import decode_rows
 from .stats import EngineStats
-
-
-def segment_forward(x: torch.Tensor, w: torch.Tensor, act) -> torch.Tensor:
-    """x [T, H], w [n, 3, H] neuron rows (gate row, up row, down column) -> partial output [T, H]."""
-    gate = x @ w[:, 0].t()
-    up = x @ w[:, 1].t()
-    return (act(gate) * up) @ w[:, 2]
 
 
 class OffloadedExperts(nn.Module):
@@ -49,15 +47,20 @@ class OffloadedExperts(nn.Module):
 class ExpertRuntime:
     def __init__(self, store, routers: list[nn.Module], device: torch.device, compute_dtype: torch.dtype,
                  policy: str = "lcp", policy_params: dict | None = None, prefetch: bool = True,
-                 prefetch_extra: int = 0):
+                 prefetch_extra: int = 0, act_fn=None, act: str | None = "silu", in_place: bool = False):
         self.store, self.spec = store, store.spec
         self.routers = routers
         self.device, self.compute_dtype = device, compute_dtype
         self.num_layers = self.spec.num_moe_layers
         self.I, self.H = self.spec.intermediate_size, self.spec.hidden_size
-        self.prefetcher = Prefetcher(routers, self.spec.top_k, prefetch_extra, enabled=prefetch)
+        # act None: an activation the native kernels lack; torch computes the experts then
+        self.kernel = ExpertKernel(store.quant, store.dtype, self.H, self.I, device, compute_dtype, act_fn,
+                                   act=act or "silu", use_native=None if act else False)
+        self.in_place = in_place
+        self.prefetcher = Prefetcher(routers, self.spec.top_k, prefetch_extra, enabled=prefetch and not in_place)
         self.transfer = Transfer(device)
-        self.staging = Staging(self.staging_buffers(self.spec.top_k, prefetch_extra), self.I, store.row_bytes, device)
+        n_staging = 0 if in_place else self.staging_buffers(self.spec.top_k, prefetch_extra)
+        self.staging = Staging(n_staging, self.I, store.row_bytes, device)
         self.stats = EngineStats(self.num_layers)
         self.recording: list | None = None  # decode-step routing rows when recording a trace
         self.policy_name, self.policy_params = policy, dict(policy_params or {})
@@ -75,10 +78,13 @@ class ExpertRuntime:
         if len(layout.layers) != self.num_layers:
             raise ValueError(f"layout has {len(layout.layers)} layers, model has {self.num_layers} MoE layers")
         slots = [p.slots for p in layout.layers]
+        if self.in_place and any(p.slots < self.spec.num_experts or p.split_ratio < 1 for p in layout.layers):
+            raise ValueError("the in-place mode keeps every expert whole where it lies; use the simulated mode "
+                             "for a smaller cache")
         self.pool = None
         self.staging.clear()
         self.prefetcher.clear()
-        self.pool = SlotPool(layout, self.I, self.store.row_bytes, self.device)
+        self.pool = SlotPool(layout, self.I, self.store.row_bytes, self.device, allocate=not self.in_place)
         self.layout = layout
         if policy is not None or self.directory is None:
             if policy is not None:
@@ -91,6 +97,8 @@ class ExpertRuntime:
         for pos, n in enumerate(slots):
             if n >= self.spec.num_experts and len(self.directory.cached(pos)) < n:
                 self.directory.access(pos, range(self.spec.num_experts))  # everything fits: all resident
+            if self.in_place:
+                continue
             for expert, slot in self.directory.cached(pos).items():
                 self.pool.slot(pos, slot).copy_(self.store.rows(pos, expert, 0, self.pool.rows[pos]))
 
@@ -141,11 +149,11 @@ class ExpertRuntime:
             y = None
             slot = access.hits.get(e)
             if slot is not None:
-                y = self._compute(xs, self.pool.slot(pos, slot), act)
+                y = self.kernel.segment(xs, self._slot_rows(pos, e, slot))
             if e in needed:
                 entry = self.staging.entries[(pos, e)]
                 self.transfer.wait(entry.ready)
-                part = self._compute(xs, self.staging.rows(entry, needed[e], self.I), act)
+                part = self.kernel.segment(xs, self.staging.rows(entry, needed[e], self.I))
                 y = part if y is None else y + part
                 if e in access.admitted:
                     self.pool.slot(pos, access.admitted[e]).copy_(self.staging.rows(entry, 0, top))
@@ -159,9 +167,11 @@ class ExpertRuntime:
                 out.index_add_(0, tok, y.to(out.dtype))
         return out
 
-    def _compute(self, xs, rows_u8, act):
-        w = decode_rows(rows_u8, self.H, self.store.quant, self.store.dtype, self.compute_dtype)
-        return segment_forward(xs, w, act)
+    def _slot_rows(self, pos: int, expert: int, slot: int) -> torch.Tensor:
+        """The cached top rows of `expert`: its pool slot, or in place its bytes in the store."""
+        if self.in_place:
+            return self.store.rows(pos, expert, 0, self.I)
+        return self.pool.slot(pos, slot)
 
     def _issue(self, pos: int, queue: list[int], issued: int, needed: dict[int, int]) -> int:
         """Queue fetches for `queue[issued:]` while staging buffers are free; returns the new count."""

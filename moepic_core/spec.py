@@ -1,30 +1,37 @@
 """ModelSpec: the sizes of an MoE model that the store, the cache, the solver and the app share.
 
-Bytes of one expert row (one neuron: gate row, up row, down column, each `H` values):
+Bytes of one expert row (one neuron: gate row, up row, down column, each `H` values; see quant.py):
   float: 3*H*itemsize
-  int8 : 3*H      + 3*(H/64)*2   (one fp16 scale per group of 64 along H)
-  int4 : 3*H/2    + 3*(H/64)*2
+  int8 : 3*H      + 3*(H/32)*2   (one fp16 scale per block of 32 along H)
+  int4 : 3*H/2    + 3*(H/32)*2
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-QUANT_GROUP = 64
+QUANT_GROUP = 32
+CHUNK = 32  # neurons per expert chunk: the kernels' unit, so splits fall on multiples of it
+
+
+def chunk_neurons(intermediate_size: int) -> int:
+    """Neurons per expert chunk: 32, or the whole expert when I is not a multiple of 32 (then an
+    expert cannot be split or quantized)."""
+    return CHUNK if intermediate_size % CHUNK == 0 else intermediate_size
 QUANTS = ("none", "int8", "int4")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def row_bytes(hidden_size: int, quant: str = "none", dtype: str = "float16") -> int:
-    """Bytes of one neuron row `[3, H]` in the packed store."""
+def row_bytes(hidden_size: int, quant: str = "none", dtype: str = "float16", parts: int = 3) -> int:
+    """Bytes of one row of `parts` parts of `hidden_size` values (a neuron row `[3, H]` by default)."""
     if quant == "none":
-        return 3 * hidden_size * DTYPE_BYTES[dtype]
+        return parts * hidden_size * DTYPE_BYTES[dtype]
     if hidden_size % QUANT_GROUP:
         raise ValueError(f"quantization needs hidden_size divisible by {QUANT_GROUP}, got {hidden_size}")
-    scales = 3 * (hidden_size // QUANT_GROUP) * 2
+    scales = parts * (hidden_size // QUANT_GROUP) * 2
     if quant == "int8":
-        return 3 * hidden_size + scales
+        return parts * hidden_size + scales
     if quant == "int4":
-        return 3 * hidden_size // 2 + scales
+        return parts * hidden_size // 2 + scales
     raise ValueError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANTS)}")
 
 

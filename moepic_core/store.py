@@ -1,10 +1,12 @@
-"""ExpertStore: every routed expert of a model, packed neuron-major in host memory.
+"""ExpertStore: every routed expert of a model, packed in the kernels' format in host memory.
 
-Data: uint8 `[L_moe, E, I, row_bytes]` — expert (l, e) rows `[a, b)` are one contiguous byte
-range (see quant.py for the row format). Built once from the checkpoint's per-expert tensors,
-read one tensor at a time with plain file reads (no mmap, never the fused tensor, never the whole
-model twice), written to an on-disk cache with an atomic rename, and memory-mapped on later loads
-(copied into pinned memory instead when CUDA is present, so copies to the GPU can be async).
+Data: uint8 `[L_moe, E, I, row_bytes]` — expert (l, e) is stored in chunks of 32 neurons
+(quant.py), so rows `[a, b)` on chunk bounds are one contiguous byte range that the kernels read
+in place. Built once from the checkpoint's per-expert tensors, read one tensor at a time with
+plain file reads (never the fused tensor, never the whole model twice), written to an on-disk
+cache with an atomic rename, and memory-mapped on later loads. With CUDA it is read into one plain
+host buffer that is then page-locked in place (cudaHostRegister), so copies to the GPU are async
+and nothing is rounded up to a power of two the way torch's pinned-memory allocator does.
 
 Cache file: MAGIC (8 bytes) | header length (u64) | JSON header | zero pad | data at DATA_OFFSET.
 The header holds the format version, a fingerprint of the source checkpoint and options, and a
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import struct
+import weakref
 import zlib
 from pathlib import Path
 
@@ -27,12 +30,12 @@ import torch
 from .errors import ModelLoadError
 from .fsutil import atomic_path
 from .models import read_safetensors_header, weight_files
-from .quant import encode_rows, pack_expert
+from .quant import encode_expert
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: chunked kernel layout, Q8_0/Q4_0 blocks of 32
 MAGIC = b"MOEPICX\x01"
 DATA_OFFSET = 1 << 16
 FULL_VERIFY_BYTES = 2 << 30
@@ -51,7 +54,8 @@ class CheckpointReader:
         self.entries = {}
         for path in weight_files(folder):
             header = read_safetensors_header(path)
-            base = 8 + struct.unpack("<Q", path.open("rb").read(8))[0]
+            with path.open("rb") as f:
+                base = 8 + struct.unpack("<Q", f.read(8))[0]
             for key, info in header.items():
                 if key != "__metadata__":
                     self.entries[key] = (path, base, info)
@@ -186,7 +190,7 @@ def build_cache(path: Path, reader: CheckpointReader, adapter, spec: ModelSpec, 
                         spec.hidden_size, spec.intermediate_size):
                     raise ModelLoadError(f"expert {e} of layer {layer} has shapes {tuple(gate.shape)}, "
                                          f"{tuple(down.shape)}; the config says I={spec.intermediate_size}")
-                blob = encode_rows(pack_expert(gate, up, down), quant, dtype).numpy().tobytes()
+                blob = encode_expert(gate, up, down, quant, dtype).numpy().tobytes()
                 f.write(blob)
                 crc = zlib.crc32(blob, crc)
                 if progress:
@@ -202,15 +206,29 @@ def build_cache(path: Path, reader: CheckpointReader, adapter, spec: ModelSpec, 
 
 
 def map_cache(path: Path, shape: tuple, pin: bool) -> torch.Tensor:
-    """The cache's data as a uint8 tensor: memory-mapped, or read into pinned memory when `pin`."""
+    """The cache's data as a uint8 tensor: memory-mapped, or read into page-locked memory when `pin`."""
     nbytes = int(np.prod(shape))
     if pin:
-        data = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        data = torch.empty(nbytes, dtype=torch.uint8)
         view = data.numpy()
         with open(path, "rb") as f:
             f.seek(DATA_OFFSET)
             for off in range(0, nbytes, 64 << 20):
                 f.readinto(memoryview(view[off:off + (64 << 20)]))
+        page_lock(data)
         return data.view(shape)
     mm = np.memmap(path, dtype=np.uint8, mode="c", offset=DATA_OFFSET, shape=(nbytes,))
     return torch.from_numpy(mm).view(shape)
+
+
+def page_lock(data: torch.Tensor) -> bool:
+    """Register `data`'s memory with CUDA as page-locked (no copy, no rounding); unregistered when
+    the tensor is freed. False (and a warning) when CUDA refuses: copies then stay synchronous."""
+    cudart = torch.cuda.cudart()
+    err = cudart.cudaHostRegister(data.data_ptr(), data.numel() * data.element_size(), 0)
+    if int(getattr(err, "value", err)) != 0:
+        log.warning("could not page-lock the %.1f GB expert store (%s); GPU copies will be synchronous",
+                    data.numel() / 1e9, err)
+        return False
+    weakref.finalize(data, cudart.cudaHostUnregister, data.data_ptr())
+    return True

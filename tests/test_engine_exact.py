@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from moepic_core import Engine
-from moepic_core.quant import decode_rows
+from moepic_core.kernels import segment_forward
+from moepic_core.quant import decode_expert
 from moepic_core.testing import load_reference
 
 from conftest import FAMILIES
@@ -66,18 +67,32 @@ def test_engine_matches_transformers(tiny_models, family, config):
         assert totals["top_hits"] > 0 and totals["misses"] > 0 and totals["full_hits"] == 0
 
 
+class DequantisedExperts(torch.nn.Module):
+    """transformers' eager experts loop over the store's dequantised weights, multiplying with the
+    activations quantized as the kernels do (torch ops; the native kernels are what is tested)."""
+
+    def __init__(self, store, pos, act_fn):
+        super().__init__()
+        self.store, self.pos, self.act_fn = store, pos, act_fn
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        spec, out = self.store.spec, torch.zeros_like(hidden_states)
+        mask = torch.nn.functional.one_hot(top_k_index, spec.num_experts).permute(2, 1, 0)
+        for e in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero().flatten().tolist():
+            k_pos, tok = torch.where(mask[e])
+            rows = self.store.rows(self.pos, e, 0, spec.intermediate_size)
+            gate, up, down = decode_expert(rows, spec.hidden_size, self.store.quant, self.store.dtype, torch.float32)
+            y = segment_forward(hidden_states[tok], gate, up, down, self.act_fn, quantized=True)
+            out.index_add_(0, tok, (y * top_k_weights[tok, k_pos, None]).to(out.dtype))
+        return out
+
+
 def dequantised_reference(folder, engine):
     """transformers' model with every expert replaced by the engine store's dequantised weights."""
     ref = load_reference(folder)
-    store, spec = engine.runtime.store, engine.spec
-    for pos, layer in enumerate(spec.moe_layers):
-        experts = ref.model.layers[layer].mlp.experts
-        for e in range(spec.num_experts):
-            w = decode_rows(store.rows(pos, e, 0, spec.intermediate_size), spec.hidden_size, store.quant,
-                            store.dtype, torch.float32)
-            with torch.no_grad():
-                experts.gate_up_proj[e] = torch.cat([w[:, 0], w[:, 1]], dim=0)
-                experts.down_proj[e] = w[:, 2].t()
+    for pos, layer in enumerate(engine.spec.moe_layers):
+        block = ref.model.layers[layer].mlp
+        block.experts = DequantisedExperts(engine.runtime.store, pos, block.experts.act_fn)
     return ref
 
 
@@ -87,13 +102,15 @@ def test_quantized_engine_matches_dequantised_transformers(tiny_models, family, 
     folder = tiny_models[family]
     from moepic_core.models import load_spec
 
-    engine = Engine.load(folder, device="cpu", dtype="float32", quant=quant, split=0.5,
+    engine = Engine.load(folder, device="cpu", dtype="float32", quant=quant, split=0.5, dense_quant="none",
                          cache_gb=quarter_cache_gb(load_spec(folder)) / 2)
     ref = dequantised_reference(folder, engine)
     ids = engine.tokenizer(PROMPT, return_tensors="pt").input_ids
     check_engine_matches(engine, ref, ids)
     # the dequantised weights are close to the originals, not equal (the quantizer did something)
-    orig = load_reference(folder).model.layers[engine.spec.moe_layers[0]].mlp.experts.down_proj
-    deq = ref.model.layers[engine.spec.moe_layers[0]].mlp.experts.down_proj
+    spec, store = engine.spec, engine.runtime.store
+    orig = load_reference(folder).model.layers[spec.moe_layers[0]].mlp.experts.down_proj[3]
+    deq = decode_expert(store.rows(0, 3, 0, spec.intermediate_size), spec.hidden_size, quant, "float32",
+                        torch.float32)[2]
     rel = ((deq - orig).norm() / orig.norm()).item()
     assert 0 < rel < (0.01 if quant == "int8" else 0.15)

@@ -5,7 +5,8 @@ layer's split ratio), all views into one flat uint8 buffer whose size is the cac
 Staging: `n` buffers of one whole expert each, for fetched bottoms and misses; sized for one
 token's worst case (all k experts of this layer missing while the next layer's guesses arrive).
 Transfer: on CUDA copies run on a side stream and return an event the consumer waits on (no host
-sync); on the CPU they are plain synchronous copies and events are None.
+sync); on the CPU they are plain synchronous copies and events are None. Streams and events are
+bound to the engine's device (not the current one), so `cuda:1` waits on its own copies.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..layout import Layout, split_rows
 class Transfer:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        self.device = device
         self.stream = torch.cuda.Stream(device) if self.cuda else None
 
     def copy(self, dst: torch.Tensor, src: torch.Tensor, after=None):
@@ -26,7 +28,7 @@ class Transfer:
         if not self.cuda:
             dst.copy_(src)
             return None
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             if after is not None:
                 self.stream.wait_event(after)
             dst.copy_(src, non_blocking=True)
@@ -35,29 +37,31 @@ class Transfer:
         return done
 
     def wait(self, event) -> None:
-        """Make the compute stream wait for `event` (nothing on the CPU)."""
+        """Make the device's compute stream wait for `event` (nothing on the CPU)."""
         if event is not None:
-            torch.cuda.current_stream().wait_event(event)
+            torch.cuda.current_stream(self.device).wait_event(event)
 
     def mark(self):
-        """An event after the work queued so far on the compute stream (None on the CPU)."""
+        """An event after the work queued so far on the device's compute stream (None on the CPU)."""
         if not self.cuda:
             return None
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         return event
 
 
 class SlotPool:
-    def __init__(self, layout: Layout, intermediate_size: int, row_bytes: int, device: torch.device):
+    def __init__(self, layout: Layout, intermediate_size: int, row_bytes: int, device: torch.device,
+                 allocate: bool = True):
+        """`allocate=False`: the geometry only (in place, the store's own bytes are the slots)."""
         self.rows = [split_rows(intermediate_size, p.split_ratio) if p.slots else 0 for p in layout.layers]
         self.slots = [p.slots for p in layout.layers]
-        sizes = [s * r * row_bytes for s, r in zip(self.slots, self.rows)]
+        sizes = [s * r * row_bytes for s, r in zip(self.slots, self.rows)] if allocate else [0] * len(self.slots)
         self.nbytes = sum(sizes)
         self.buffer = torch.empty(self.nbytes, dtype=torch.uint8, device=device)
         self.views, offset = [], 0
         for s, r, size in zip(self.slots, self.rows, sizes):
-            self.views.append(self.buffer[offset:offset + size].view(s, r, row_bytes))
+            self.views.append(self.buffer[offset:offset + size].view(s, r, row_bytes) if allocate else None)
             offset += size
 
     def slot(self, pos: int, slot: int) -> torch.Tensor:
@@ -90,8 +94,9 @@ class Staging:
 
     def fetch(self, key: tuple[int, int], src: torch.Tensor, start: int, transfer: Transfer,
               prefetched: bool = False) -> Staged:
-        """Copy `src` (uint8 [rows, row_bytes], rows `start`.. of the expert) into a free buffer."""
-        i = self.free.pop()
+        """Copy `src` (uint8 [rows, row_bytes], rows `start`.. of the expert) into a free buffer: the
+        least recently released one, so the copy rarely waits on compute just queued on it."""
+        i = self.free.pop(0)
         ready = transfer.copy(self.buf[i, :src.shape[0]], src, after=self.free_after[i])
         entry = Staged(i, start, ready, prefetched, src.numel())
         self.entries[key] = entry
