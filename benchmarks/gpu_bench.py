@@ -1,10 +1,12 @@
-"""One-GPU benchmark: pinned H2D bandwidth, CUDA-vs-CPU check, tokens/s of cache layouts.
+"""One-GPU benchmark: pinned H2D bandwidth, CUDA-vs-CPU check, expert kernels, tokens/s of layouts.
 
 Default: a Mixtral-dimension model with 4 layers (H 4096, I 14336, 8 experts, top-2, fp16, random
 weights; ~11 GB of experts) written as per-expert safetensors, then through the engine:
 all experts resident, a 25% cache at split 0.5 and the same 25% cache at split 1.0 (the best
 no-split layout at that budget). For each: tokens/s, hit rate, bytes moved per token, and that
-traffic over the decode time against the measured pinned bandwidth.
+traffic over the decode time against the measured pinned bandwidth. Before that, one expert per
+format (half, int8, int4): the kernel's ms beside the ms to fetch its bytes over the link, and the
+kernel's peak temporaries on the device (the bounded workspace the budget reserves).
 `--cpu` runs the same steps on a tiny model on the CPU (the test suite calls it).
 
     python benchmarks/gpu_bench.py            # needs CUDA, < 5 minutes on one H200
@@ -108,6 +110,50 @@ def check_cuda_vs_cpu(tmp: Path, device: str) -> str:
     return f"{device} vs cpu: tokens {'identical' if ta == tb else 'DIFFER'}, max |logit diff| {diff:.2e}"
 
 
+def kernel_rows(device: str, dtype: str, hidden: int, inter: int) -> list[dict]:
+    """One expert per format: kernel ms (median of 10, batch 1), fetch ms (pinned host -> device),
+    peak temporaries of the kernel on the device."""
+    from moepic_core.kernels import ExpertKernel
+    from moepic_core.quant import TORCH_DTYPES, encode_expert
+
+    torch.manual_seed(0)
+    w = [torch.randn(inter, hidden) * 0.02, torch.randn(inter, hidden) * 0.02, torch.randn(hidden, inter) * 0.02]
+    x = torch.randn(1, hidden, dtype=TORCH_DTYPES[dtype], device=device)
+    rows = []
+    for quant in ("none", "int8", "int4"):
+        host = encode_expert(*w, quant, dtype)
+        if device == "cuda":
+            host = host.pin_memory()
+        dev = torch.empty_like(host, device=device)
+        kernel = ExpertKernel(quant, dtype, hidden, inter, torch.device(device), TORCH_DTYPES[dtype])
+
+        def timed(fn) -> float:
+            times = []
+            for _ in range(10):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - start) * 1e3)
+            return statistics.median(times)
+
+        fetch_ms = timed(lambda: dev.copy_(host, non_blocking=True))
+        kernel.segment(x, dev)
+        peak = None
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            kernel.segment(x, dev)
+            peak = (torch.cuda.max_memory_allocated() - base) / 1e6
+        rows.append({"format": f"{dtype}" if quant == "none" else quant, "mb": host.numel() / 1e6,
+                     "kernel_ms": timed(lambda: kernel.segment(x, dev)), "fetch_ms": fetch_ms,
+                     "peak_temp_mb": peak, "kernels": "native" if kernel.native else "torch"})
+    return rows
+
+
 def measure(folder: Path, device: str, dtype: str, label: str, tokens: int, **options) -> dict:
     engine = Engine.load(folder, device=device, dtype=dtype, **options)
     ids = engine.tokenizer("the quick brown fox jumps over")["input_ids"]
@@ -156,6 +202,12 @@ def main() -> None:
         print(check_cuda_vs_cpu(tmp, device) if device == "cuda" else "cpu mode: no CUDA-vs-CPU check")
         from moepic_core.models import load_spec
 
+        krows = kernel_rows(device, dtype, sizes["hidden_size"], sizes["intermediate_size"])
+        print(f"\none expert (H {sizes['hidden_size']}, I {sizes['intermediate_size']}), batch 1:")
+        print(f"{'format':10s} {'MB':>8s} {'kernel ms':>10s} {'fetch ms':>9s} {'peak temp MB':>13s}  kernels")
+        for r in krows:
+            peak = f"{r['peak_temp_mb']:13.1f}" if r["peak_temp_mb"] is not None else "          n/a"
+            print(f"{r['format']:10s} {r['mb']:8.1f} {r['kernel_ms']:10.3f} {r['fetch_ms']:9.3f} {peak}  {r['kernels']}")
         spec = load_spec(folder)
         quarter = 0.25 * spec.store_bytes("none", dtype) / 1e9
         common = dict(cache_dir=str(tmp))
@@ -174,7 +226,7 @@ def main() -> None:
     if base:
         print(f"split 0.5 / split 1.0 at the same 25% budget: {rows[1]['tokens_per_s'] / base:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"bandwidth_gbps": bandwidth, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"bandwidth_gbps": bandwidth, "rows": rows, "kernels": krows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from .config import DTYPES
+from .config import CPU_MODES, DTYPES
 from .spec import QUANTS
 
 
@@ -26,6 +26,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quant", choices=QUANTS, default="none", help="expert quantization in host RAM and cache")
     p.add_argument("--policy", default="lcp", help="cache policy: lcp (default), lru, lfu, static")
     p.add_argument("--split", default=None, help="split ratio in (0, 1] for every layer, or 'auto' (solver)")
+    p.add_argument("--cpu-mode", choices=CPU_MODES, default="auto",
+                   help="CPU only: in-place computes every expert where it lies in RAM (fastest; default for a "
+                        "real model), simulated holds a VRAM-sized cache in RAM to show it at work (default for "
+                        "the demo or when --vram-gb/--cache-gb is given)")
+    p.add_argument("--dense-quant", choices=QUANTS, default=None,
+                   help="CPU only: quantization of the dense linears (default: the same as --quant)")
     p.add_argument("--prompt", required=True, help="the user's message (or raw text with --raw)")
     p.add_argument("--system", help="system message for the chat template")
     p.add_argument("--raw", action="store_true", help="tokenise the prompt as is, without the chat template")
@@ -50,7 +56,10 @@ def run(args: argparse.Namespace) -> None:
     split = None if args.split in (None, "auto") else float(args.split)
     engine = Engine.load(args.model, vram_gb=args.vram_gb, cache_gb=args.cache_gb, device=args.device,
                          dtype=args.dtype, quant=args.quant, policy=args.policy, split=split,
-                         cache_dir=args.cache_dir)
+                         cache_dir=args.cache_dir, cpu_mode=args.cpu_mode, dense_quant=args.dense_quant)
+    snap = engine.snapshot()
+    print(f"[{snap['model']}: {snap['mode']} mode, {snap['dtype']}, experts {snap['quant']}, kernels: "
+          f"{snap['kernels']}]", file=sys.stderr)
     if engine.tokenizer is None:
         raise GenerationError(f"{args.model} has no tokenizer")
     if args.raw:

@@ -22,6 +22,10 @@ def test_gpu_bench_cpu_mode(tmp_path):
     assert rows["25% cache, split 0.5"]["split"] == [0.5] and rows["25% cache, split 1.0"]["split"] == [1.0]
     # the same budget holds twice as many half-experts
     assert rows["25% cache, split 0.5"]["slots"] == [2 * s for s in rows["25% cache, split 1.0"]["slots"]]
+    kernels = {row["format"]: row for row in json.loads(out.read_text())["kernels"]}
+    assert set(kernels) == {"float32", "int8", "int4"}
+    # int4 moves 4.5 bits a weight, int8 8.5, float32 32 (H 256, I 512: 393,216 weights)
+    assert [round(kernels[f]["mb"] * 1e6 * 8 / (3 * 256 * 512), 2) for f in ("float32", "int8", "int4")] == [32, 8.5, 4.5]
 
 
 def test_loading_never_holds_the_model_twice():
