@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from moepic_core.errors import MoepicError
@@ -65,10 +66,12 @@ class Admission:
                                code="queue_full", headers={"Retry-After": str(wait)})
             self.active += 1
 
-    def leave(self, seconds: float) -> None:
+    def leave(self, served_s: float | None) -> None:
+        """`served_s`: seconds the engine spent on it (None if it never started)."""
         with self._lock:
             self.active -= 1
-            self.mean_s = 0.8 * self.mean_s + 0.2 * seconds
+            if served_s is not None:
+                self.mean_s = 0.8 * self.mean_s + 0.2 * served_s
 
 
 class ClientGone(Exception):
@@ -82,9 +85,13 @@ class Job:
     def __init__(self, worker, start, admission: Admission):
         admission.enter()
         self.loop, self.items = asyncio.get_running_loop(), asyncio.Queue()
-        self.stop, self.admission, self.t0 = threading.Event(), admission, time.perf_counter()
+        self.stop, self.admission, self.started_at = threading.Event(), admission, None
         self._released = False
-        worker.submit(start, self.stop, self)
+        try:
+            worker.submit(start, self.stop, self)
+        except BaseException:
+            self.cancel()
+            raise
 
     def put(self, item) -> None:
         try:
@@ -110,13 +117,16 @@ class Job:
             if kind == "done":
                 return None
             if kind == "chunk":
+                if isinstance(value, Started):
+                    self.started_at = time.perf_counter()
                 return value
 
     def cancel(self) -> None:
+        """Stop the generation (if still running) and leave the queue; safe to call twice."""
         self.stop.set()
         if not self._released:
             self._released = True
-            self.admission.leave(time.perf_counter() - self.t0)
+            self.admission.leave(None if self.started_at is None else time.perf_counter() - self.started_at)
 
 
 def error_response(exc: Exception, request: Request) -> JSONResponse:
@@ -197,7 +207,9 @@ async def serve_generation(http: Request, worker, admission: Admission, parse):
         if request.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             body = stream_events(job, reply, started, request, http.url.path)
-            return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+            # the background task also runs when the client leaves before the body has started
+            return StreamingResponse(body, media_type="text/event-stream", headers=headers,
+                                     background=BackgroundTask(job.cancel))
         text, finished = await collect(job, http)
         job.cancel()
         log_done(http.url.path, started, finished)

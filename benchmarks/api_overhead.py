@@ -1,0 +1,110 @@
+"""What the OpenAI-compatible API costs: tok/s of a reply streamed through POST /v1/chat/completions
+vs `Engine.stream_chat` called directly, same engine, prompt, sampling (seeded) and length.
+
+The app serves in this process as `python launch.py` does (page and API on one port); the direct runs
+go through the engine thread (worker.call), the API runs come from a separate client process
+reading the server-sent events with httpx. Runs alternate (direct, API, ...) so machine noise hits
+both alike; the medians and their ratio are printed (goal: API / direct >= 0.95).
+
+    python benchmarks/api_overhead.py [--model demo] [--tokens 128] [--runs 5] [--threads N]
+
+On a shared CPU, --threads 1 keeps torch's parallel regions from waiting on descheduled threads
+(a prefill can take seconds that way), which otherwise swamps what is measured here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MESSAGES = [{"role": "user", "content": "Tell me a long tale of the war"}]
+SAMPLING = dict(temperature=2.0, top_p=1.0, seed=0)  # seeded: both paths make the same tokens
+
+CLIENT = r"""
+import json, sys, time, httpx
+url, body = sys.argv[1], json.loads(sys.argv[2])
+text, first, usage = [], None, None
+start = time.perf_counter()
+with httpx.stream("POST", url, json=body, timeout=600) as response:
+    for line in response.iter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        usage = chunk.get("usage") or usage
+        for choice in chunk["choices"]:
+            if choice["delta"].get("content"):
+                first = first or time.perf_counter()
+                text.append(choice["delta"]["content"])
+end = time.perf_counter()
+print(json.dumps({"seconds": end - start, "decode_seconds": end - first, "text": "".join(text), "usage": usage}))
+"""
+
+
+def direct_run(worker, tokens: int) -> dict:
+    """Engine.stream_chat on the engine thread, timed there."""
+    def run(engine):
+        start, first, text = time.perf_counter(), None, []
+        for chunk in engine.stream_chat(MESSAGES, max_new_tokens=tokens, **SAMPLING):
+            first = first or time.perf_counter()
+            text.append(chunk)
+        end = time.perf_counter()
+        return {"seconds": end - start, "decode_seconds": end - first, "text": "".join(text)}
+
+    return worker.call(run)
+
+
+def api_run(url: str, tokens: int) -> dict:
+    body = dict(messages=MESSAGES, max_tokens=tokens, stream=True, **SAMPLING)  # no "model": the loaded one
+    out = subprocess.run([sys.executable, "-c", CLIENT, url + "v1/chat/completions", json.dumps(body)],
+                         capture_output=True, text=True, timeout=900, check=True)
+    return json.loads(out.stdout)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from app.testing import start_server, stop_server
+
+    served, url, controller = start_server(args.model, first_port=7995, device="cpu")
+    try:
+        direct_run(controller.worker, args.tokens), api_run(url, args.tokens)  # warm-up
+        rows = {"direct": [], "api": []}
+        for _ in range(args.runs):
+            rows["direct"].append(direct_run(controller.worker, args.tokens))
+            rows["api"].append(api_run(url, args.tokens))
+    finally:
+        stop_server(served, controller)
+    return report(rows)
+
+
+def report(rows: dict) -> dict:
+    api, direct = rows["api"], rows["direct"]
+    tokens = api[0]["usage"]["completion_tokens"]
+    if {r["text"] for r in api + direct} != {api[0]["text"]}:
+        raise SystemExit("the API and the engine made different replies: not the same length, no comparison")
+    med = {path: (statistics.median(tokens / r["seconds"] for r in rs),
+                  statistics.median((tokens - 1) / r["decode_seconds"] for r in rs)) for path, rs in rows.items()}
+    print(f"{'path':<34}{'tokens':>8}{'tok/s':>10}{'decode tok/s':>15}   (median of {len(api)} runs)")
+    for path, label in (("direct", "Engine.stream_chat (engine thread)"), ("api", "POST /v1/chat/completions (SSE)")):
+        print(f"{label:<34}{tokens:>8}{med[path][0]:>10.2f}{med[path][1]:>15.2f}")
+    ratio, decode_ratio = med["api"][0] / med["direct"][0], med["api"][1] / med["direct"][1]
+    print(f"ratio API / direct: {ratio:.3f} (decode only {decode_ratio:.3f}); goal >= 0.95")
+    return {"tokens": tokens, "direct": med["direct"], "api": med["api"], "ratio": ratio, "decode_ratio": decode_ratio}
+
+
+if __name__ == "__main__":
+    main()
