@@ -194,6 +194,10 @@ async def collect(job: Job, http: Request) -> tuple[str, Finished]:
     return "".join(parts), finished
 
 
+async def loaded_models(worker, created: int) -> dict:
+    return model_list(worker.model_label if worker.engine is not None else None, created)
+
+
 async def serve_generation(http: Request, worker, admission: Admission, parse):
     """Parse, queue, wait for the engine to take it (errors up to there get their status), reply."""
     arrived = time.perf_counter()
@@ -240,9 +244,7 @@ def build_api(worker, settings: ApiSettings) -> FastAPI:
 
     @api.get("/models")
     async def models(http: Request):
-        async def handler():
-            return model_list(worker.model_label if worker.engine is not None else None, created)
-        return await guarded(http, handler)
+        return await guarded(http, lambda: loaded_models(worker, created))
 
     @api.post("/chat/completions")
     async def chat_completions(http: Request):
