@@ -57,8 +57,8 @@ def exposure_warning(host: str, api_key: str | None, page: bool) -> str | None:
     if is_loopback(host):
         return None
     if api_key is None:
-        return (f"--host {host} exposes the page and the API to your network without a key; set --api-key "
-                "or MOEPIC_API_KEY")
+        what = "the page and the API" if page else "the API"
+        return f"--host {host} exposes {what} to your network without a key; set --api-key or MOEPIC_API_KEY"
     if page:
         return f"--host {host}: the API needs the key, but the page is open to your network; add --api-only"
     return None

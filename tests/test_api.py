@@ -401,7 +401,8 @@ def test_launch_api_flags(monkeypatch):
     with pytest.raises(ValueError, match="--share"):
         launch.api_settings(launch.parse_args(["--share", "--api-only"]))
     assert launch.exposure_warning("127.0.0.1", None, page=True) is None
-    assert "without a key" in launch.exposure_warning("0.0.0.0", None, page=True)
+    assert "the page and the API to your network without a key" in launch.exposure_warning("0.0.0.0", None, True)
+    assert "exposes the API to" in launch.exposure_warning("192.168.1.5", None, page=False)
     assert "page is open" in launch.exposure_warning("0.0.0.0", "k", page=True)
     assert launch.exposure_warning("0.0.0.0", "k", page=False) is None
 
