@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
+import openai  # requirements-test.txt
 import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-
-openai = pytest.importorskip("openai", reason="pip install openai (requirements-test.txt)")
-httpx = pytest.importorskip("httpx")
 
 ROOT = Path(__file__).resolve().parents[1]
 GREETING = [{"role": "user", "content": "Good morrow, my lord"}]
