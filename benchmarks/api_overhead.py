@@ -3,10 +3,10 @@ vs `Engine.stream_chat` called directly, same engine, prompt, sampling (seeded) 
 
 The app serves in this process as `python launch.py` does (page and API on one port); the direct runs
 go through the engine thread (worker.call), the API runs come from a separate client process
-reading the server-sent events with httpx. Runs alternate (direct, API, ...) so machine noise hits
-both alike; the medians and their ratio are printed (goal: API / direct >= 0.95). Beside wall-clock
-tok/s, tokens per CPU-second of the serving process (engine, event loop, page; not the client) give
-the same ratio without the noise of a shared machine.
+reading the server-sent events with httpx. Runs go in ABBA order (direct, API, API, direct, ...)
+and rates are totals over all runs, so a drift in machine load hits both paths alike. Beside
+wall-clock tok/s, tokens per CPU-second of the serving process (engine, event loop, page; not the
+client) show the same ratio less disturbed by other programs. Goal: API / direct >= 0.95.
 
     python benchmarks/api_overhead.py [--model demo] [--tokens 128] [--runs 5] [--threads N]
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -97,9 +96,10 @@ def main(argv=None) -> dict:
     try:
         direct_run(controller.worker, args.tokens), api_run(url, args.tokens)  # warm-up
         rows = {"direct": [], "api": []}
-        for _ in range(args.runs):
-            rows["direct"].append(direct_run(controller.worker, args.tokens))
-            rows["api"].append(api_run(url, args.tokens))
+        runs = {"direct": lambda: direct_run(controller.worker, args.tokens), "api": lambda: api_run(url, args.tokens)}
+        for i in range(args.runs):  # direct-API, API-direct, ...: a drift in machine load hits both alike
+            for path in ("direct", "api") if i % 2 == 0 else ("api", "direct"):
+                rows[path].append(runs[path]())
     finally:
         stop_server(served, controller)
     return report(rows)
@@ -110,16 +110,16 @@ def report(rows: dict) -> dict:
     tokens = api[0]["usage"]["completion_tokens"]
     if {r["text"] for r in api + direct} != {api[0]["text"]}:
         raise SystemExit("the API and the engine made different replies: not the same length, no comparison")
-    med = {path: [statistics.median(tokens / r["seconds"] for r in rs),
-                  statistics.median((tokens - 1) / r["decode_seconds"] for r in rs),
-                  statistics.median(tokens / r["cpu_seconds"] for r in rs)] for path, rs in rows.items()}
-    print(f"{'path':<36}{'tokens':>7}{'tok/s':>9}{'decode tok/s':>14}{'tok/CPU-s':>11}   (median of {len(api)} runs)")
+    rate = {path: [len(rs) * tokens / sum(r["seconds"] for r in rs),
+                  len(rs) * (tokens - 1) / sum(r["decode_seconds"] for r in rs),
+                  len(rs) * tokens / sum(r["cpu_seconds"] for r in rs)] for path, rs in rows.items()}
+    print(f"{'path':<36}{'tokens':>7}{'tok/s':>9}{'decode tok/s':>14}{'tok/CPU-s':>11}   (over {len(api)} runs each)")
     for path, label in (("direct", "Engine.stream_chat (engine thread)"), ("api", "POST /v1/chat/completions (SSE)")):
-        print(f"{label:<36}{tokens:>7}" + "".join(f"{v:>{w}.2f}" for v, w in zip(med[path], (9, 14, 11))))
-    ratios = [a / d for a, d in zip(med["api"], med["direct"])]
+        print(f"{label:<36}{tokens:>7}" + "".join(f"{v:>{w}.2f}" for v, w in zip(rate[path], (9, 14, 11))))
+    ratios = [a / d for a, d in zip(rate["api"], rate["direct"])]
     print(f"ratio API / direct: {ratios[0]:.3f} tok/s, {ratios[1]:.3f} decode tok/s, {ratios[2]:.3f} tok per "
           "CPU-second; goal >= 0.95")
-    return {"tokens": tokens, "direct": med["direct"], "api": med["api"], "ratios": ratios}
+    return {"tokens": tokens, "direct": rate["direct"], "api": rate["api"], "ratios": ratios}
 
 
 if __name__ == "__main__":
