@@ -46,7 +46,7 @@ class ApiSettings:
         if self.queue_size < 0:
             raise ValueError(f"queue_size (--api-queue) must be >= 0; got {self.queue_size}")
         if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("the API key must not be empty")
+            raise ValueError("api_key (--api-key) must not be empty")
 
 
 class Admission:
