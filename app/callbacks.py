@@ -64,7 +64,8 @@ class Controller:
     # ---- loading ----
     def _load_kwargs(self, quant: str, policy: str) -> dict:
         vram = self.config.vram_gb or default_vram_gb(self.hw, self.config.device)
-        return dict(vram_gb=vram, device=self.config.device, dtype=self.config.dtype, quant=quant, policy=policy)
+        mode = dict(cpu_mode="simulated") if self.simulated else {}  # the page shows a cache at work
+        return dict(vram_gb=vram, device=self.config.device, dtype=self.config.dtype, quant=quant, policy=policy, **mode)
 
     def _after_load(self, engine) -> None:
         """CPU mode without --vram-gb: a simulated budget that caches part of the experts, so the
