@@ -1,7 +1,10 @@
-"""Start the MoEpic chat app: `python launch.py [--model demo] [--vram-gb X] [--no-browser] ...`."""
+"""Start the MoEpic chat app and its OpenAI-compatible API (under /v1, same host and port):
+`python launch.py [--model demo] [--vram-gb X] [--no-browser] [--api-only] [--api-key KEY] ...`."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import socket
 import sys
 
@@ -32,7 +35,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860, help="port to listen on, or the next free one if taken (default: 7860)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab (default: open one)")
     p.add_argument("--share", action="store_true", help="make a public gradio.live link (off unless given)")
+    api = p.add_argument_group("OpenAI-compatible API (served under /v1 on the same host and port)")
+    api.add_argument("--api-only", action="store_true", help="serve the API without the page")
+    api.add_argument("--api-key", default=os.environ.get("MOEPIC_API_KEY") or None, metavar="KEY",
+                     help="require 'Authorization: Bearer KEY' on every API request (default: $MOEPIC_API_KEY; "
+                          "none: no key needed)")
+    api.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                     help="let browser pages from ORIGIN (e.g. http://localhost:3000) call the API; repeatable "
+                          "(default: no CORS)")
+    api.add_argument("--api-queue", type=int, default=16, metavar="N",
+                     help="API requests that may wait while one runs; more get 429 (default: 16)")
     return p.parse_args(argv)
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def exposure_warning(host: str, api_key: str | None, page: bool) -> str | None:
+    """What a non-local --host leaves open, or None."""
+    if is_loopback(host):
+        return None
+    if api_key is None:
+        what = "the page and the API" if page else "the API"
+        return f"--host {host} exposes {what} to your network without a key; set --api-key or MOEPIC_API_KEY"
+    if page:
+        return f"--host {host}: the API needs the key, but the page is open to your network; add --api-only"
+    return None
+
+
+def api_settings(args: argparse.Namespace):
+    """The API's settings from the flags; ValueError names the bad one."""
+    from app.api import ApiSettings
+
+    if args.share and args.api_only:
+        raise ValueError("--share makes a link to the page; --api-only serves no page")
+    return ApiSettings(api_key=args.api_key, cors_origins=tuple(args.cors_origin), queue_size=args.api_queue)
 
 
 def free_port(host: str, start: int, tries: int = 100) -> int:
@@ -52,21 +90,28 @@ def main(argv=None) -> int:
     try:
         config = AppConfig(model=args.model, vram_gb=args.vram_gb, device=args.device, quant=args.quant,
                            policy=args.policy, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
+        api = api_settings(args)
     except ValueError as exc:
         print(f"launch.py: {exc}", file=sys.stderr)
         return 2
+    warning = exposure_warning(args.host, api.api_key, page=not args.api_only)
+    if warning:
+        print(f"launch.py: warning: {warning}", file=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("moepic.api").setLevel(logging.INFO)  # one line per API request
     from app.callbacks import Controller
     from app.header import detect_hardware
-    from app.ui import serve
+    from app.server import serve
 
     controller = Controller(config, detect_hardware())
     port = free_port(args.host, args.port)
-    demo, url = serve(controller, host=args.host, port=port, share=args.share, inbrowser=not args.no_browser)
-    print(f"MoEpic is running at {url}  (Ctrl+C to stop)", flush=True)
-    try:
-        demo.block_thread()
-    except KeyboardInterrupt:
-        pass
+    served = serve(controller, host=args.host, port=port, share=args.share, inbrowser=not args.no_browser,
+                   page=not args.api_only, api=api)
+    where = f"the API at {served.url}v1" if args.api_only else f"{served.url} (API: {served.url}v1)"
+    print(f"MoEpic is running: {where}  (Ctrl+C to stop)", flush=True)
+    if served.share_url:
+        print(f"Public link: {served.share_url}", flush=True)
+    served.block()
     return 0
 
 

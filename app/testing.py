@@ -4,24 +4,24 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def start_server(model: str | Path, first_port: int = 7870, **config):
-    """Serve `model` on 127.0.0.1 and wait until it is loaded. Returns (demo, url, controller);
-    stop it with `stop_server(demo, controller)`."""
+def start_server(model: str | Path, first_port: int = 7870, api=None, **config):
+    """Serve `model` (page and API; `api`: app.api.ApiSettings) on 127.0.0.1 and wait until it is
+    loaded. Returns (served, url, controller); stop it with `stop_server(served, controller)`."""
     import app  # noqa: F401 - offline environment before gradio loads
     from app.callbacks import Controller
     from app.config import AppConfig
     from app.header import detect_hardware
-    from app.ui import serve
+    from app.server import serve
     from launch import free_port
 
     controller = Controller(AppConfig(model=str(model), **config), detect_hardware())
-    demo, url = serve(controller, port=free_port("127.0.0.1", first_port))
+    served = serve(controller, port=free_port("127.0.0.1", first_port), api=api)
     if controller.worker.wait_loaded(timeout=300) is None:
-        stop_server(demo, controller)
+        stop_server(served, controller)
         raise RuntimeError(f"the app could not load {model}: {controller.worker.load_error}")
-    return demo, url, controller
+    return served, served.url, controller
 
 
-def stop_server(demo, controller) -> None:
-    demo.close()
+def stop_server(served, controller) -> None:
+    served.close()
     controller.worker.shutdown()

@@ -9,6 +9,7 @@ from app import models
 from app.callbacks import Controller
 from app.config import POLICIES, QUANTS
 from app.header import header_html
+from app.live import follow_engine
 from app.panels import heatmap_html, hitrate_chart_html, split_chart_html, stats_html
 
 CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "app.css"
@@ -71,6 +72,7 @@ def build(c: Controller) -> gr.Blocks:
         slider.release(c.set_vram, slider, [status, *panel_outputs], api_name="set_vram", **ENGINE)
         policy.input(c.set_policy, policy, [status, *panel_outputs], api_name="set_policy", **ENGINE)
         demo.load(c.page_load, None, loaded_outputs, api_name="page_load", concurrency_limit=None)
+        follow_engine(c.worker, panel_outputs)  # API requests show in the panels too
     return demo
 
 
@@ -82,13 +84,3 @@ def launch_kwargs(host: str, port: int, share: bool = False, inbrowser: bool = F
                 enable_monitoring=False, ssr_mode=False, pwa=False, mcp_server=False, show_error=True,
                 theme=theme, css=CSS_FILE.read_text() if CSS_FILE.is_file() else None, quiet=True)
 
-
-def serve(c: Controller, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-          inbrowser: bool = False) -> tuple[gr.Blocks, str]:
-    """Build the page, start loading the model, and serve without blocking (`demo.block_thread()`
-    waits). Returns the Blocks and the local URL."""
-    c.start()
-    demo = build(c)
-    demo.queue(max_size=32, default_concurrency_limit=4)
-    _, url, _ = demo.launch(prevent_thread_lock=True, **launch_kwargs(host, port, share, inbrowser))
-    return demo, url

@@ -16,17 +16,30 @@ HEARTBEAT_S = 0.25  # an empty batch at least this often, so a cancelled handler
 STOP_WAIT_S = 60.0  # how long a cancelled handler waits for the engine to settle
 
 
+class NoModelError(RuntimeError):
+    """Generation was asked for while no model is loaded (the message says why)."""
+
+
 class EngineWorker:
     def __init__(self, engine_factory: Callable | None = None):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moepic-engine")
         self._factory = engine_factory
         self.engine = None
         self.model_label: str | None = None
-        self.last_snapshot: dict | None = None
+        self._snapshot: dict | None = None
+        self.snapshot_version = 0  # bumped on every new snapshot, so idle pages know when to redraw
         self.progress: tuple[str, float] | None = None  # (stage, fraction) of the load in flight
         self.load_error: str | None = None
         self.load_warning: str | None = None  # e.g. the budget was raised to the engine's minimum
         self._load: Future | None = None
+
+    @property
+    def last_snapshot(self) -> dict | None:
+        return self._snapshot
+
+    @last_snapshot.setter
+    def last_snapshot(self, snap: dict | None) -> None:
+        self._snapshot, self.snapshot_version = snap, self.snapshot_version + 1
 
     # ---- loading ----
     def _engine_class(self):
@@ -114,15 +127,21 @@ class EngineWorker:
         return self.call(job)
 
     # ---- streaming ----
-    def _generate(self, messages, stop: threading.Event, out: queue.Queue, options: dict) -> None:
+    def _generate(self, start: Callable, stop: threading.Event, out) -> None:
+        """Run `start(engine, stop)` (an iterator of chunks) here, on the engine thread, putting
+        `("chunk", c)`, `("snap", snapshot)` every SNAPSHOT_INTERVAL_S, then `("done", None)` or
+        `("error", exc)` on `out` (anything with `put`)."""
         try:
             if self.engine is None:
-                raise RuntimeError(self.load_error or "No model is loaded yet.")
-            chunks = self.engine.stream_chat(messages, stop_event=stop, **options)
+                raise NoModelError(self.load_error or "No model is loaded yet.")
+            if stop.is_set():  # its client left while it waited
+                out.put(("done", None))
+                return
+            chunks = start(self.engine, stop)
             last = time.monotonic()
             try:
                 for chunk in chunks:
-                    out.put(("text", chunk))
+                    out.put(("chunk", chunk))
                     if time.monotonic() - last >= SNAPSHOT_INTERVAL_S:
                         self.last_snapshot = self.engine.snapshot()
                         out.put(("snap", self.last_snapshot))
@@ -137,6 +156,11 @@ class EngineWorker:
         except Exception as exc:  # noqa: BLE001 - handed to the handler, which shows it
             out.put(("error", exc))
 
+    def submit(self, start: Callable, stop: threading.Event, out) -> Future:
+        """Queue a generation behind every engine call submitted before it (arrival order): see
+        `_generate`. Setting `stop` ends it at the next token, or before it starts."""
+        return self._pool.submit(self._generate, start, stop, out)
+
     def stream(self, messages: list[dict], stop: threading.Event | None = None,
                **options) -> Iterator[tuple[str, dict | None]]:
         """Yield `(new_text, snapshot_or_None)` batches: whatever arrived since the last batch, or
@@ -144,7 +168,7 @@ class EngineWorker:
         and waits for the engine thread to settle."""
         stop = stop or threading.Event()
         out: queue.Queue = queue.Queue()
-        future = self._pool.submit(self._generate, messages, stop, out, options)
+        future = self.submit(lambda engine, stop: engine.stream_chat(messages, stop_event=stop, **options), stop, out)
         try:
             done = False
             while not done:
@@ -164,7 +188,7 @@ class EngineWorker:
                         raise value
                     if kind == "done":
                         done = True
-                    elif kind == "text":
+                    elif kind == "chunk":
                         text += value
                     else:
                         snap = value

@@ -306,6 +306,10 @@ class Engine:
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
+    def ends_reply(self, token: int) -> bool:
+        """Whether `token` is one that ends a reply (generation stops after it)."""
+        return token in self._eos_ids()
+
     def tokens(self, input_ids, max_new_tokens: int = 128, *, do_sample: bool = False, temperature: float = 1.0,
                top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_event=None,
                stop_at_eos: bool = True) -> Iterator[int]:

@@ -97,3 +97,33 @@ def test_type_stream_stop_screenshot_offline(browser, app_url, tmp_path):
     off_box = [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
                and urlparse(u).hostname not in LOCAL_HOSTS]
     assert requests and not off_box, f"requests left the machine: {off_box}"
+
+
+def test_api_traffic_shows_in_an_idle_page(browser, app_url):
+    """A reply streamed through /v1 (not typed in the page) moves the open page's heatmap as it goes."""
+    import threading
+
+    import httpx
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(app_url)
+    page.wait_for_selector("#status .mp-ok, #status .mp-warn", timeout=60_000)
+    before = -2
+    while before != heatmap_token(page):  # idle: no reply of an earlier test still running
+        before = heatmap_token(page)
+        time.sleep(1.0)
+    replies = []
+    body = {"messages": [{"role": "user", "content": "Hello from a script"}], "max_tokens": 200, "temperature": 0}
+    api = threading.Thread(target=lambda: replies.append(
+        httpx.post(app_url + "v1/chat/completions", json=body, timeout=120).json()))
+    api.start()
+    seen = set()
+    while api.is_alive():
+        seen.add(heatmap_token(page))
+        time.sleep(0.05)
+    time.sleep(1.0)  # the timer's next tick draws the last token
+    final = heatmap_token(page)
+    page.close()
+    decoded = replies[0]["usage"]["completion_tokens"] - 1  # decode steps (the first token is the prefill's)
+    assert final == before + decoded
+    assert len({t for t in seen if before < t < final}) >= 2, f"the page did not follow the reply live: {seen}"
