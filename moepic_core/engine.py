@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -53,14 +54,15 @@ def kernel_activation(config) -> str | None:
     return {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}.get(act)
 
 
-def resolve_cpu_mode(cfg: EngineConfig, device: torch.device) -> str:
+def resolve_cpu_mode(cfg: EngineConfig, device: torch.device, folder=None) -> str:
     """"auto" made concrete: in place for a real model without a budget on the CPU, simulated for the
-    demo or when a budget is given; "gpu" on CUDA (see EngineConfig.cpu_mode)."""
+    demo (by name or folder) or when a budget is given; "gpu" on CUDA (see EngineConfig.cpu_mode)."""
     if device.type != "cpu":
         return "gpu"
     if cfg.cpu_mode != "auto":
         return cfg.cpu_mode
-    simulate = cfg.model == "demo" or cfg.vram_gb is not None or cfg.cache_gb is not None
+    demo = cfg.model == "demo" or (folder is not None and Path(folder).resolve() == models.DEMO_MODEL_DIR)
+    simulate = demo or cfg.vram_gb is not None or cfg.cache_gb is not None
     return "simulated" if simulate else "in-place"
 
 
@@ -104,7 +106,7 @@ class Engine:
         spec = adapter.spec(folder.name, dense)
         device = resolve_device(cfg.device)
         if device.type == "cpu":
-            cfg = dataclasses.replace(cfg, cpu_mode=resolve_cpu_mode(cfg, device))
+            cfg = dataclasses.replace(cfg, cpu_mode=resolve_cpu_mode(cfg, device, folder))
         dtype = cfg.dtype or default_dtype(config, device)
         cls._check_budget(cfg, spec, dtype, device)  # fail before the slow part
         tokenizer = cls._load_tokenizer(folder)

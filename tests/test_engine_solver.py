@@ -46,10 +46,11 @@ def test_mixed_ratios_per_layer_are_exact(tiny_models):
     engine = Engine.load(folder, device="cpu", cache_gb=0)
     spec = engine.spec
     rb = spec.row_bytes("none", "float32")
-    plans = [plan_layer(3 * spec.expert_bytes("none", "float32") // 4, r, spec.intermediate_size, rb, 8)
-             for r in (0.25, 1.0, 0.5)]
+    # I = 64: halves are the only split (chunks of 32 neurons); 1.5 experts of budget a layer
+    plans = [plan_layer(3 * spec.expert_bytes("none", "float32") // 2, r, spec.intermediate_size, rb, 8)
+             for r in (0.5, 1.0, 0.5)]
     engine.runtime.configure(Layout(plans, source="test"))
-    assert [p.slots for p in plans] == [3, 0, 1]
+    assert [p.slots for p in plans] == [3, 1, 3]
     ids = engine.tokenizer("the quick brown fox", return_tensors="pt").input_ids
     check_engine_matches(engine, load_reference(folder), ids)
 
