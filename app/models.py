@@ -32,10 +32,15 @@ class ModelCheck:
         return self.level != "error"
 
 
-def choices() -> list[str]:
-    from moepic_core.presets import HUB_MODELS
+def choices() -> list[tuple[str, str]]:
+    """(label, value) pairs of the picker: the demo, then each offered hub model with its size."""
+    from moepic_core.presets import HUB_MODELS, PRESETS
 
-    return [DEMO, *HUB_MODELS]
+    def label(repo_id: str) -> str:
+        spec = PRESETS[HUB_MODELS[repo_id]]
+        return f"{repo_id} ({spec.total_params / 1e9:.1f} B, {spec.active_params / 1e9:.1f} B active)"
+
+    return [(DEMO, DEMO), *((label(repo_id), repo_id) for repo_id in HUB_MODELS)]
 
 
 def is_hub_id(choice: str) -> bool:

@@ -18,7 +18,7 @@ import torch
 from . import models, native
 from .budget import Budget, fixed_costs
 from .config import GB, EngineConfig
-from .errors import BudgetError, GenerationError, MoepicError
+from .errors import BudgetError, GenerationError, MoepicError, UnsupportedModelError
 from .generation import SamplingConfig, decode_tokens
 from .kernels import pack_dense_linears, torch_workspace_bytes
 from .layout import Layout, uniform_layout
@@ -99,11 +99,11 @@ class Engine:
         folder = models.resolve_model(cfg.model)
         config = models.load_config(folder)
         adapter = models.get_adapter(config)
+        if adapter.expert_math != "glu":
+            raise UnsupportedModelError(f"{adapter.model_type}: this runtime does not compute its experts "
+                                        f"({adapter.expert_math}) yet; supported now: {models.RUNNABLE}")
         reader = CheckpointReader(folder)
-        models.check_expert_keys(adapter, reader.entries)
-        dense = sum(int(torch.Size(info["shape"]).numel()) for key, (_, _, info) in reader.entries.items()
-                    if not adapter.is_expert_key(key))
-        spec = adapter.spec(folder.name, dense)
+        spec = models.checkpoint_spec(adapter, folder.name, {k: e[2]["shape"] for k, e in reader.entries.items()})
         device = resolve_device(cfg.device)
         if device.type == "cpu":
             cfg = dataclasses.replace(cfg, cpu_mode=resolve_cpu_mode(cfg, device, folder))
@@ -116,12 +116,12 @@ class Engine:
             progress("loading dense weights", 0.0)
         model_ = build_dense_model(config, adapter, reader, TORCH_DTYPES[dtype], device)
         model_.generation_config = cls._load_generation_config(folder, model_.generation_config)
-        routers = [adapter.moe_block(model_, layer).gate for layer in spec.moe_layers]
+        routers = [adapter.router(model_, layer) for layer in spec.moe_layers]
         act_fn = adapter.moe_block(model_, spec.moe_layers[0]).experts.act_fn
         runtime = ExpertRuntime(store, routers, device, TORCH_DTYPES[dtype], policy=cfg.policy,
                                 policy_params=cfg.policy_params, prefetch=cfg.prefetch,
                                 prefetch_extra=cfg.prefetch_extra, act_fn=act_fn,
-                                act=kernel_activation(config), in_place=in_place_mode(cfg, device))
+                                act=kernel_activation(adapter.text_config), in_place=in_place_mode(cfg, device))
         for pos, layer in enumerate(spec.moe_layers):
             block = adapter.moe_block(model_, layer)
             block.experts = OffloadedExperts(runtime, pos, block.experts.act_fn)

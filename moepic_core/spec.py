@@ -52,6 +52,7 @@ class ModelSpec:
     head_dim: int = 128
     vocab_size: int = 32000
     shared_intermediate_size: int = 0
+    kv_layers: int | None = None  # layers that keep a KV cache (hybrid linear-attention models have fewer)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -68,6 +69,15 @@ class ModelSpec:
     def expert_params(self) -> int:
         return 3 * self.hidden_size * self.intermediate_size
 
+    @property
+    def total_params(self) -> int:
+        return self.dense_params + self.num_moe_layers * self.num_experts * self.expert_params
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token goes through: the dense part and top_k experts per MoE layer."""
+        return self.dense_params + self.num_moe_layers * self.top_k * self.expert_params
+
     def row_bytes(self, quant: str = "none", dtype: str = "float16") -> int:
         return row_bytes(self.hidden_size, quant, dtype)
 
@@ -82,4 +92,4 @@ class ModelSpec:
         return self.dense_params * DTYPE_BYTES[dtype]
 
     def kv_bytes_per_token(self, dtype: str = "float16") -> int:
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * DTYPE_BYTES[dtype]
+        return 2 * (self.kv_layers or self.num_layers) * self.num_kv_heads * self.head_dim * DTYPE_BYTES[dtype]

@@ -37,48 +37,96 @@ def make_tiny_tokenizer(folder: str | Path, vocab_size: int = 320):
     return fast
 
 
+_ROUTED = dict(intermediate_size=128, moe_intermediate_size=32, num_experts_per_tok=2)  # dense MLP 128, experts 32
+_MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16)
+
+
+def _tiny_family(family: str) -> tuple[str, dict]:
+    """(transformers config class name, its small settings) of `family`."""
+    families = {
+        "mixtral": ("MixtralConfig", dict(intermediate_size=128, num_local_experts=8, num_experts_per_tok=2)),
+        "qwen2_moe": ("Qwen2MoeConfig", dict(_ROUTED, moe_intermediate_size=64, shared_expert_intermediate_size=96,
+                                             num_experts=8, decoder_sparse_step=1, mlp_only_layers=[],
+                                             norm_topk_prob=False)),
+        "qwen3_moe": ("Qwen3MoeConfig", dict(_ROUTED, moe_intermediate_size=64, num_experts=8, decoder_sparse_step=1,
+                                             mlp_only_layers=[1], norm_topk_prob=True, head_dim=16)),
+        "olmoe": ("OlmoeConfig", dict(intermediate_size=64, num_experts=8, num_experts_per_tok=2)),
+        # hybrid attention: Gated DeltaNet layers around one full-attention layer (generate needs one)
+        "qwen3_5_moe": ("Qwen3_5MoeTextConfig", dict(
+            _ROUTED, shared_expert_intermediate_size=48, num_experts=8, head_dim=16,
+            layer_types=["linear_attention", "full_attention", "linear_attention"], linear_key_head_dim=16,
+            linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)),
+        # group-limited greedy routing over 2 groups of 4 experts; MLA needs as many KV heads as heads here
+        "deepseek_v2": ("DeepseekV2Config", dict(
+            **_ROUTED, **_MLA, n_routed_experts=8, n_shared_experts=1, first_k_dense_replace=1, q_lora_rank=None,
+            topk_method="group_limited_greedy", n_group=2, topk_group=1, routed_scaling_factor=1.5)),
+        "deepseek_v3": ("DeepseekV3Config", dict(
+            **_ROUTED, **_MLA, n_routed_experts=8, n_shared_experts=1, first_k_dense_replace=1, q_lora_rank=24,
+            n_group=2, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5)),
+        "glm4_moe": ("Glm4MoeConfig", dict(_ROUTED, n_routed_experts=8, n_shared_experts=1, first_k_dense_replace=1,
+                                           head_dim=16, n_group=1, topk_group=1, attention_bias=True,
+                                           routed_scaling_factor=1.5)),
+        "phimoe": ("PhimoeConfig", dict(intermediate_size=32, num_local_experts=8, num_experts_per_tok=2)),
+        "granitemoe": ("GraniteMoeConfig", dict(intermediate_size=32, num_local_experts=8, num_experts_per_tok=2,
+                                                embedding_multiplier=12.0, logits_scaling=6.0, residual_multiplier=0.22,
+                                                attention_multiplier=0.0625)),
+        "ernie4_5_moe": ("Ernie4_5_MoeConfig", dict(_ROUTED, moe_num_experts=8, moe_k=2, moe_num_shared_experts=1,
+                                                    moe_layer_start_index=1, use_bias=False)),
+        "gpt_oss": ("GptOssConfig", dict(intermediate_size=32, num_local_experts=8, num_experts_per_tok=2, head_dim=16,
+                                         sliding_window=8,
+                                         layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    }
+    if family not in families:
+        raise ValueError(f"no tiny config for family {family!r}; known: {', '.join(families)}")
+    return families[family]
+
+
 def tiny_config(family: str, vocab_size: int = 320, **overrides):
-    """A small config of `family` (mixtral, qwen2_moe, qwen3_moe, olmoe); sizes are overridable."""
+    """A small config of `family` (a model_type MoEpic supports); sizes are overridable. "qwen3_5_moe_vl" is
+    the hub's conditional-generation config of Qwen3.5-MoE: the text config above plus a tiny vision tower."""
     import transformers as tf
 
     common = dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1,
                   bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
-    if family == "mixtral":
-        cfg = dict(common, intermediate_size=128, num_local_experts=8, num_experts_per_tok=2)
-        cls = tf.MixtralConfig
-    elif family == "qwen2_moe":
-        cfg = dict(common, intermediate_size=128, moe_intermediate_size=64, shared_expert_intermediate_size=96,
-                   num_experts=8, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
-                   norm_topk_prob=False)
-        cls = tf.Qwen2MoeConfig
-    elif family == "qwen3_moe":
-        cfg = dict(common, intermediate_size=128, moe_intermediate_size=64, num_experts=8, num_experts_per_tok=2,
-                   decoder_sparse_step=1, mlp_only_layers=[1], norm_topk_prob=True, head_dim=16)
-        cls = tf.Qwen3MoeConfig
-    elif family == "olmoe":
-        cfg = dict(common, intermediate_size=64, num_experts=8, num_experts_per_tok=2)
-        cls = tf.OlmoeConfig
-    else:
-        raise ValueError(f"no tiny config for family {family!r}")
-    cfg.update(overrides)
-    return cls(**cfg)
+    if family == "qwen3_5_moe_vl":
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                      temporal_patch_size=2, spatial_merge_size=1, num_position_embeddings=16)
+        text = tiny_config("qwen3_5_moe", vocab_size, **overrides).to_dict()
+        return tf.Qwen3_5MoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
+    class_name, settings = _tiny_family(family)
+    return getattr(tf, class_name)(**{**common, **settings, **overrides})
 
 
-def make_tiny_model(family: str, folder: str | Path, seed: int = 0, dtype=None, **overrides) -> Path:
-    """Build a seeded random `family` model, save weights + tokenizer to `folder`, return the folder."""
+def _randomize_routing_biases(model, generator) -> None:
+    """Routers' score-correction biases start at zero; give them values so the tests exercise them."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        for name, tensor in [*model.named_buffers(), *model.named_parameters()]:
+            if name.endswith("e_score_correction_bias"):
+                tensor.copy_(0.05 * torch.randn(tensor.shape, generator=generator))
+
+
+def make_tiny_model(family: str, folder: str | Path, seed: int = 0, dtype=None, fused: bool = False,
+                    **overrides) -> Path:
+    """Build a seeded random `family` model, save weights + tokenizer to `folder`, return the folder.
+    `fused` saves transformers' in-memory layout (experts as one `gate_up_proj`/`down_proj` per layer,
+    as Qwen3.5's hub checkpoints are) instead of per-expert keys."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = tiny_config(family, **overrides)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    model = auto.from_config(config)
+    _randomize_routing_biases(model, torch.Generator().manual_seed(seed))
     if dtype is not None:
         model = model.to(dtype)
-    model.save_pretrained(folder)
-    make_tiny_tokenizer(folder, vocab_size=config.vocab_size)
+    model.save_pretrained(folder, save_original_format=not fused)
+    make_tiny_tokenizer(folder, vocab_size=config.get_text_config().vocab_size)
     return folder
 
 

@@ -14,10 +14,19 @@ from pathlib import Path
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..spec import ModelSpec
 from .base import ExpertWeights, FamilyAdapter
-from .families import ADAPTERS
+from .families import (DeepseekV2Adapter, DeepseekV3Adapter, Ernie45MoeAdapter, Glm4MoeAdapter, MixtralAdapter,
+                       OlmoeAdapter, PhimoeAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter, Qwen35MoeAdapter)
+from .gpt_oss import GptOssAdapter
+from .granitemoe import GraniteMoeAdapter
+
+ADAPTERS: dict[str, type[FamilyAdapter]] = {a.model_type: a for a in (
+    MixtralAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter, OlmoeAdapter, Qwen35MoeAdapter, DeepseekV2Adapter,
+    DeepseekV3Adapter, Glm4MoeAdapter, PhimoeAdapter, GraniteMoeAdapter, Ernie45MoeAdapter, GptOssAdapter)}
+ADAPTERS["qwen3_5_moe_text"] = Qwen35MoeAdapter  # the text model's own config.json
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo-model"
 SUPPORTED = ", ".join(sorted(ADAPTERS))
+RUNNABLE = ", ".join(sorted(k for k, a in ADAPTERS.items() if a.expert_math == "glu"))  # the runtime computes these
 
 
 def resolve_model(name: str | Path) -> Path:
@@ -98,28 +107,24 @@ def read_safetensors_header(path: Path) -> dict:
         raise ModelLoadError(f"corrupt safetensors file {path}: {e}") from e
 
 
-def tensor_index(folder: Path) -> dict[str, tuple[Path, list[int]]]:
-    """Every tensor in the checkpoint: name -> (file, shape)."""
-    index = {}
+def tensor_shapes(folder: Path) -> dict[str, list[int]]:
+    """Every tensor in the checkpoint: name -> shape."""
+    shapes = {}
     for path in weight_files(folder):
         for key, info in read_safetensors_header(path).items():
             if key != "__metadata__":
-                index[key] = (path, info["shape"])
-    return index
+                shapes[key] = info["shape"]
+    return shapes
 
 
 def load_spec(model: str | Path) -> ModelSpec:
     """Sizes of the model in a folder (or "demo"), read from its config and checkpoint headers."""
     folder = resolve_model(model)
-    adapter = get_adapter(load_config(folder))
-    index = tensor_index(folder)
-    check_expert_keys(adapter, index)
-    dense = sum(math.prod(shape) for key, (_, shape) in index.items() if not adapter.is_expert_key(key))
-    return adapter.spec(folder.name, dense)
+    return checkpoint_spec(get_adapter(load_config(folder)), folder.name, tensor_shapes(folder))
 
 
-def check_expert_keys(adapter: FamilyAdapter, index: dict) -> None:
-    layer = adapter.moe_layers()[0]
-    key = adapter.expert_key(layer, 0, "gate")
-    if key not in index:
-        raise ModelLoadError(f"checkpoint has no per-expert key {key!r}: fused or unknown expert layout")
+def checkpoint_spec(adapter: FamilyAdapter, name: str, shapes: dict[str, list[int]]) -> ModelSpec:
+    """The spec from the config and the checkpoint's tensor shapes; checks every MoE layer's experts are there."""
+    adapter.locate(shapes)
+    dense = sum(math.prod(shape) for key, shape in shapes.items() if adapter.is_dense_key(key))
+    return adapter.spec(name, dense)
