@@ -27,10 +27,13 @@ def build_dense_model(config, adapter: FamilyAdapter, reader: CheckpointReader, 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    declared = model.state_dict(keep_vars=True)  # routers and score biases the family keeps in float32
     state = {}
     for key in reader.keys():
         if adapter.is_dense_key(key):
-            state[apply_renamings(key, renamings)] = reader.get(key).to(device=device, dtype=dtype)
+            name = apply_renamings(key, renamings)
+            want = declared[name].dtype if name in declared else dtype
+            state[name] = reader.get(key).to(device=device, dtype=want)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected:
         raise ModelLoadError(f"checkpoint tensors the model does not have: {unexpected[:5]}")

@@ -37,7 +37,7 @@ def make_tiny_tokenizer(folder: str | Path, vocab_size: int = 320):
     return fast
 
 
-_ROUTED = dict(intermediate_size=128, moe_intermediate_size=32, num_experts_per_tok=2)  # dense MLP 128, experts 32
+_ROUTED = dict(intermediate_size=128, moe_intermediate_size=64, num_experts_per_tok=2)  # dense MLP 128, experts 64
 _MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16)
 
 
@@ -45,10 +45,10 @@ def _tiny_family(family: str) -> tuple[str, dict]:
     """(transformers config class name, its small settings) of `family`."""
     families = {
         "mixtral": ("MixtralConfig", dict(intermediate_size=128, num_local_experts=8, num_experts_per_tok=2)),
-        "qwen2_moe": ("Qwen2MoeConfig", dict(_ROUTED, moe_intermediate_size=64, shared_expert_intermediate_size=96,
+        "qwen2_moe": ("Qwen2MoeConfig", dict(_ROUTED, shared_expert_intermediate_size=96,
                                              num_experts=8, decoder_sparse_step=1, mlp_only_layers=[],
                                              norm_topk_prob=False)),
-        "qwen3_moe": ("Qwen3MoeConfig", dict(_ROUTED, moe_intermediate_size=64, num_experts=8, decoder_sparse_step=1,
+        "qwen3_moe": ("Qwen3MoeConfig", dict(_ROUTED, num_experts=8, decoder_sparse_step=1,
                                              mlp_only_layers=[1], norm_topk_prob=True, head_dim=16)),
         "olmoe": ("OlmoeConfig", dict(intermediate_size=64, num_experts=8, num_experts_per_tok=2)),
         # hybrid attention: Gated DeltaNet layers around one full-attention layer (generate needs one)
@@ -66,13 +66,13 @@ def _tiny_family(family: str) -> tuple[str, dict]:
         "glm4_moe": ("Glm4MoeConfig", dict(_ROUTED, n_routed_experts=8, n_shared_experts=1, first_k_dense_replace=1,
                                            head_dim=16, n_group=1, topk_group=1, attention_bias=True,
                                            routed_scaling_factor=1.5)),
-        "phimoe": ("PhimoeConfig", dict(intermediate_size=32, num_local_experts=8, num_experts_per_tok=2)),
-        "granitemoe": ("GraniteMoeConfig", dict(intermediate_size=32, num_local_experts=8, num_experts_per_tok=2,
+        "phimoe": ("PhimoeConfig", dict(intermediate_size=64, num_local_experts=8, num_experts_per_tok=2)),
+        "granitemoe": ("GraniteMoeConfig", dict(intermediate_size=64, num_local_experts=8, num_experts_per_tok=2,
                                                 embedding_multiplier=12.0, logits_scaling=6.0, residual_multiplier=0.22,
                                                 attention_multiplier=0.0625)),
         "ernie4_5_moe": ("Ernie4_5_MoeConfig", dict(_ROUTED, moe_num_experts=8, moe_k=2, moe_num_shared_experts=1,
                                                     moe_layer_start_index=1, use_bias=False)),
-        "gpt_oss": ("GptOssConfig", dict(intermediate_size=32, num_local_experts=8, num_experts_per_tok=2, head_dim=16,
+        "gpt_oss": ("GptOssConfig", dict(intermediate_size=64, num_local_experts=8, num_experts_per_tok=2, head_dim=16,
                                          sliding_window=8,
                                          layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
     }

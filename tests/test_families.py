@@ -106,9 +106,9 @@ def test_adapter_reads_what_the_module_has(family):
 
 def test_dense_layers_and_shared_experts_stay_dense(models):
     spec = load_spec(models["deepseek_v2"])
-    assert spec.moe_layers == (1, 2) and spec.shared_intermediate_size == 32  # first layer dense; 1 shared expert
+    assert spec.moe_layers == (1, 2) and spec.shared_intermediate_size == 64  # first layer dense; 1 shared expert
     spec = load_spec(models["ernie4_5_moe"])
-    assert spec.moe_layers == (1, 2) and spec.shared_intermediate_size == 32
+    assert spec.moe_layers == (1, 2) and spec.shared_intermediate_size == 64
     # Qwen3.5's conditional checkpoint: vision tower not counted, the linear-attention layers keep no KV cache
     text, hub = load_spec(models["qwen3_5_moe"]), load_spec(models["qwen3_5_moe_vl"])
     assert hub.dense_params == text.dense_params and hub.kv_layers == 1 and hub.shared_intermediate_size == 48
@@ -125,3 +125,21 @@ def test_missing_experts_name_the_layer(models, tmp_path):
     save_file({k: v for k, v in tensors.items() if "layers.1.mlp.experts" not in k}, folder / "model.safetensors")
     with pytest.raises(ModelLoadError, match="layer 1"):
         load_spec(folder)
+
+
+def test_dense_dtypes_follow_transformers(models):
+    """In half precision, what the family keeps in float32 (routers, score biases) stays float32."""
+    from transformers import AutoModelForCausalLM
+
+    from moepic_core.loader import build_dense_model
+    from moepic_core.models import load_config
+    from moepic_core.store import CheckpointReader
+
+    folder = models["deepseek_v3"]
+    config = load_config(folder)
+    ours = build_dense_model(config, get_adapter(config), CheckpointReader(folder), torch.bfloat16,
+                             torch.device("cpu"))
+    theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    dtypes = {k: v.dtype for k, v in theirs.state_dict().items() if ".experts." not in k}
+    assert {k: v.dtype for k, v in ours.state_dict().items() if ".experts." not in k} == dtypes
+    assert torch.float32 in dtypes.values() and torch.bfloat16 in dtypes.values()

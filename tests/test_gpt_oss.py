@@ -125,14 +125,14 @@ def test_expert_math_and_split_match_transformers(mxfp4_model):
     alpha, limit = adapter.swiglu["alpha"], adapter.swiglu["limit"]
     inter = adapter.intermediate_size
     whole = gpt_oss_segment(x, w, 0, inter, alpha, limit) + w.down_bias
-    split = gpt_oss_segment(x, w, 0, 12, alpha, limit) + gpt_oss_segment(x, w, 12, inter, alpha, limit) + w.down_bias
+    split = gpt_oss_segment(x, w, 0, 32, alpha, limit) + gpt_oss_segment(x, w, 32, inter, alpha, limit) + w.down_bias
     assert torch.allclose(whole, want, atol=1e-5, rtol=0) and torch.allclose(split, want, atol=1e-5, rtol=0)
     assert (x @ w.gate.t() + w.gate_bias).max() > limit  # the clamp is exercised
 
 
 def test_spec_of_both_layouts(float_model, mxfp4_model):
     a, b = load_spec(float_model), load_spec(mxfp4_model)
-    assert (a.family, a.num_experts, a.top_k, a.intermediate_size, a.moe_layers) == ("gpt_oss", 8, 2, 32, (0, 1, 2))
+    assert (a.family, a.num_experts, a.top_k, a.intermediate_size, a.moe_layers) == ("gpt_oss", 8, 2, 64, (0, 1, 2))
     assert b.dense_params == a.dense_params  # blocks, scales and biases are expert tensors
 
 
