@@ -48,12 +48,6 @@ def default_dtype(config, device: torch.device) -> str:
     return "bfloat16" if "bfloat16" in ckpt and torch.cuda.is_bf16_supported() else "float16"
 
 
-def kernel_activation(config) -> str | None:
-    """The native kernels' name for the experts' activation, or None (then torch computes them)."""
-    act = str(getattr(config, "hidden_act", "silu"))
-    return {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}.get(act)
-
-
 def resolve_cpu_mode(cfg: EngineConfig, device: torch.device, folder=None) -> str:
     """"auto" made concrete: in place for a real model without a budget on the CPU, simulated for the
     demo (by name or folder) or when a budget is given; "gpu" on CUDA (see EngineConfig.cpu_mode)."""
@@ -99,9 +93,6 @@ class Engine:
         folder = models.resolve_model(cfg.model)
         config = models.load_config(folder)
         adapter = models.get_adapter(config)
-        if adapter.expert_math != "glu":
-            raise UnsupportedModelError(f"{adapter.model_type}: this runtime does not compute its experts "
-                                        f"({adapter.expert_math}) yet; supported now: {models.RUNNABLE}")
         reader = CheckpointReader(folder)
         spec = models.checkpoint_spec(adapter, folder.name, {k: e[2]["shape"] for k, e in reader.entries.items()})
         device = resolve_device(cfg.device)
@@ -117,14 +108,12 @@ class Engine:
         model_ = build_dense_model(config, adapter, reader, TORCH_DTYPES[dtype], device)
         model_.generation_config = cls._load_generation_config(folder, model_.generation_config)
         routers = [adapter.router(model_, layer) for layer in spec.moe_layers]
-        act_fn = adapter.moe_block(model_, spec.moe_layers[0]).experts.act_fn
         runtime = ExpertRuntime(store, routers, device, TORCH_DTYPES[dtype], policy=cfg.policy,
                                 policy_params=cfg.policy_params, prefetch=cfg.prefetch,
-                                prefetch_extra=cfg.prefetch_extra, act_fn=act_fn,
-                                act=kernel_activation(adapter.text_config), in_place=in_place_mode(cfg, device))
+                                prefetch_extra=cfg.prefetch_extra, activation=adapter.activation(model_),
+                                in_place=in_place_mode(cfg, device))
         for pos, layer in enumerate(spec.moe_layers):
-            block = adapter.moe_block(model_, layer)
-            block.experts = OffloadedExperts(runtime, pos, block.experts.act_fn)
+            adapter.moe_block(model_, layer).experts = OffloadedExperts(runtime, pos)
         cls._pack_dense(model_, cfg, dtype, device, routers)
         engine = cls(cfg, folder, spec, adapter, model_, tokenizer, runtime, device, dtype)
         engine._apply(cfg, fresh_policy=True)

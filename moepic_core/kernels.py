@@ -16,6 +16,8 @@ The segments of one expert add up to the expert's output (same math, any split o
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,12 +38,47 @@ def _call(status: int) -> None:
         raise MemoryError("out of host memory in a native kernel")
 
 
-def segment_forward(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, act,
-                    quantized: bool = False) -> torch.Tensor:
-    """x [T, H], gate/up [n, H], down [H, n] -> partial output [T, H]. `quantized`: multiply with
-    activations quantized as the kernels do (x per block of H, hidden activations per chunk)."""
+@dataclass(frozen=True)
+class Activation:
+    """A neuron's h = glu(gate, up): one the native kernels know by `name` ("silu", "gelu_tanh", or
+    GPT-OSS's "clamped_swiglu" with `alpha` and `limit`), or `fn(gate) * up` for any other `fn`
+    (then only the torch path computes it)."""
+
+    name: str = "silu"
+    alpha: float = 0.0
+    limit: float = 0.0
+    fn: Callable | None = None
+
+    @property
+    def native(self) -> bool:
+        return self.fn is None and self.name in native.ACTIVATIONS
+
+    def glu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        if self.fn is not None:
+            return self.fn(gate) * up
+        if self.name == "clamped_swiglu":
+            gate, up = gate.clamp(max=self.limit), up.clamp(-self.limit, self.limit)
+            return (up + 1) * gate * torch.sigmoid(self.alpha * gate)
+        if self.name == "gelu_tanh":
+            return torch.nn.functional.gelu(gate, approximate="tanh") * up
+        return torch.nn.functional.silu(gate) * up
+
+
+SILU = Activation()
+
+
+def segment_forward(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+                    act: Activation | Callable = SILU, quantized: bool = False,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [T, H], gate/up [n, H], down [H, n] -> partial output [T, H]. `act`: an Activation, or a
+    function f for f(gate) * up. `quantized`: multiply with activations quantized as the kernels do
+    (x per block of H, hidden activations per chunk). `bias` [n, 2]: the neurons' gate/up biases."""
+    act = act if isinstance(act, Activation) else Activation("", fn=act)
     xin = fake_quantize(x).to(x.dtype) if quantized else x
-    h = act(xin @ gate.t()) * (xin @ up.t())
+    gate_out, up_out = xin @ gate.t(), xin @ up.t()
+    if bias is not None:
+        gate_out, up_out = gate_out + bias[:, 0].to(gate_out.dtype), up_out + bias[:, 1].to(up_out.dtype)
+    h = act.glu(gate_out, up_out)
     if quantized:
         h = fake_quantize(h).to(h.dtype)
     return h @ down.t()
@@ -57,47 +94,49 @@ class ExpertKernel:
     """Computes segments of experts stored in one format, on one device."""
 
     def __init__(self, quant: str, dtype: str, hidden: int, intermediate: int, device: torch.device,
-                 compute_dtype: torch.dtype, act_fn=None, act: str = "silu", use_native: bool | None = None,
-                 alpha: float = 0.0, limit: float = 0.0):
-        """`act`: the native kernels' activation ("silu", "gelu_tanh", or "clamped_swiglu" with GPT-OSS's
-        `alpha` and `limit`); `act_fn(gate) * up` is what the torch path computes."""
+                 compute_dtype: torch.dtype, activation: Activation = SILU, use_native: bool | None = None):
         self.quant, self.dtype, self.H, self.I = quant, dtype, hidden, intermediate
-        self.alpha, self.limit = alpha, limit
         self.S = chunk_neurons(intermediate)
         self.device, self.compute_dtype = device, compute_dtype
-        self.act_fn, self.act = act_fn or torch.nn.functional.silu, act
+        self.activation = activation
         self.row_bytes = row_bytes(hidden, quant, dtype)
-        self.lib = native.library() if device.type == "cpu" and use_native is not False else None
+        wanted = device.type == "cpu" and use_native is not False and activation.native
+        self.lib = native.library() if wanted else None
         self.fmt = native.FORMATS[store_format(quant, dtype)]
 
     @property
     def native(self) -> bool:
         return self.lib is not None
 
-    def segment(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """x [T, H] (compute dtype), rows uint8 [n, row_bytes] (whole chunks) -> the segment's output
-        [T, H] (fp32 on the native path, the compute dtype on the torch path)."""
+    def segment(self, x: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, H] (compute dtype), rows uint8 [n, row_bytes] (whole chunks), bias fp32 [n, 2] (the
+        neurons' gate/up biases, or None) -> the segment's output [T, H] (fp32 on the native path,
+        the compute dtype on the torch path)."""
         if self.lib is not None:
-            return self._native(x, rows)
+            return self._native(x, rows, bias)
         step = max(self.S, CHUNK_BYTES // (3 * self.H * 4) // self.S * self.S)
         out = None
         for start in range(0, rows.shape[0], step):
             gate, up, down = decode_expert(rows[start:start + step], self.H, self.quant, self.dtype,
                                            self.compute_dtype, self.I)
-            part = segment_forward(x, gate, up, down, self.act_fn, quantized=self.quant != "none")
+            part = segment_forward(x, gate, up, down, self.activation, quantized=self.quant != "none",
+                                   bias=None if bias is None else bias[start:start + step])
             out = part if out is None else out.add_(part)
         return out
 
-    def _native(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _native(self, x: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         xf = x.detach().to(torch.float32).contiguous()
         y = torch.zeros(xf.shape, dtype=torch.float32)
         if rows.shape[0]:
             if not rows.is_contiguous() or rows.shape[1] != self.row_bytes or rows.shape[0] % self.S:
                 raise ValueError(f"segment rows {tuple(rows.shape)} are not whole chunks of {self.S} neurons")
+            if bias is not None:
+                bias = bias.to(torch.float32).contiguous()
+            act = self.activation
             _call(self.lib.moepic_expert_segment(
                 self.fmt, rows.data_ptr(), rows.shape[0] // self.S, self.S, self.H, xf.data_ptr(), xf.shape[0],
-                y.data_ptr(), None, native.ACTIVATIONS[self.act], ctypes.c_float(self.alpha), ctypes.c_float(self.limit),
-                torch.get_num_threads()))
+                y.data_ptr(), None if bias is None else bias.data_ptr(), native.ACTIVATIONS[act.name],
+                ctypes.c_float(act.alpha), ctypes.c_float(act.limit), torch.get_num_threads()))
         return y
 
 
@@ -177,5 +216,5 @@ def pack_dense_linears(model: nn.Module, quant: str, dtype: str, skip=()) -> int
     return total
 
 
-__all__ = ["ExpertKernel", "PackedLinear", "pack_dense_linears", "segment_forward", "torch_workspace_bytes",
+__all__ = ["Activation", "ExpertKernel", "PackedLinear", "pack_dense_linears", "segment_forward", "torch_workspace_bytes",
            "TORCH_DTYPES"]

@@ -25,7 +25,7 @@ from torch import nn
 
 from .cache import CacheDirectory, make_policy
 from .cache.pool import SlotPool, Staging, Transfer
-from .kernels import ExpertKernel
+from .kernels import SILU, Activation, ExpertKernel
 from .layout import Layout
 from .prefetch import Prefetcher
 from .stats import EngineStats
@@ -34,28 +34,27 @@ from .stats import EngineStats
 class OffloadedExperts(nn.Module):
     """Drop-in for a transformers `*Experts` module: same call, weights served by the runtime."""
 
-    def __init__(self, runtime: "ExpertRuntime", pos: int, act_fn):
+    def __init__(self, runtime: "ExpertRuntime", pos: int):
         super().__init__()
         self.pos = pos
-        self.act_fn = act_fn
         self._runtime = [runtime]  # a list, so nn.Module does not register it
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
-        return self._runtime[0].forward(self.pos, hidden_states, top_k_index, top_k_weights, self.act_fn)
+        return self._runtime[0].forward(self.pos, hidden_states, top_k_index, top_k_weights)
 
 
 class ExpertRuntime:
     def __init__(self, store, routers: list[nn.Module], device: torch.device, compute_dtype: torch.dtype,
                  policy: str = "lcp", policy_params: dict | None = None, prefetch: bool = True,
-                 prefetch_extra: int = 0, act_fn=None, act: str | None = "silu", in_place: bool = False):
+                 prefetch_extra: int = 0, activation: Activation = SILU, in_place: bool = False):
         self.store, self.spec = store, store.spec
         self.routers = routers
         self.device, self.compute_dtype = device, compute_dtype
         self.num_layers = self.spec.num_moe_layers
         self.I, self.H = self.spec.intermediate_size, self.spec.hidden_size
-        # act None: an activation the native kernels lack; torch computes the experts then
-        self.kernel = ExpertKernel(store.quant, store.dtype, self.H, self.I, device, compute_dtype, act_fn,
-                                   act=act or "silu", use_native=None if act else False)
+        self.kernel = ExpertKernel(store.quant, store.dtype, self.H, self.I, device, compute_dtype, activation)
+        # biased experts (GPT-OSS): the small bias table lives where the kernel computes
+        self.biases = None if store.biases is None else store.biases.to(device)
         self.in_place = in_place
         self.prefetcher = Prefetcher(routers, self.spec.top_k, prefetch_extra, enabled=prefetch and not in_place)
         self.transfer = Transfer(device)
@@ -106,7 +105,7 @@ class ExpertRuntime:
         return 0 < self.pool.rows[pos] < self.I
 
     # --- forward ------------------------------------------------------------------------------
-    def forward(self, pos, x, top_k_index, top_k_weights, act):
+    def forward(self, pos, x, top_k_index, top_k_weights):
         routing = top_k_index.tolist()  # host sync: the fetches depend on it
         experts = sorted({e for row in routing for e in row})
         if pos == 0:
@@ -149,16 +148,19 @@ class ExpertRuntime:
             y = None
             slot = access.hits.get(e)
             if slot is not None:
-                y = self.kernel.segment(xs, self._slot_rows(pos, e, slot))
+                y = self.kernel.segment(xs, self._slot_rows(pos, e, slot), self._bias(pos, e, 0, top))
             if e in needed:
                 entry = self.staging.entries[(pos, e)]
                 self.transfer.wait(entry.ready)
-                part = self.kernel.segment(xs, self.staging.rows(entry, needed[e], self.I))
+                part = self.kernel.segment(xs, self.staging.rows(entry, needed[e], self.I),
+                                           self._bias(pos, e, needed[e], self.I))
                 y = part if y is None else y + part
                 if e in access.admitted:
                     self.pool.slot(pos, access.admitted[e]).copy_(self.staging.rows(entry, 0, top))
                 self.staging.release((pos, e), self.transfer.mark())
                 issued = self._issue(pos, queue, issued, needed)
+            if self.biases is not None:  # the down bias: once per expert, never per segment
+                y = y + self.biases[pos, e, 2 * self.I:].to(y.dtype)
             if single:
                 y = (y * top_k_weights[0, routing[0].index(e)]).to(x.dtype)
                 out = y if out is None else out + y
@@ -166,6 +168,12 @@ class ExpertRuntime:
                 y = y * top_k_weights[tok, k_pos, None]
                 out.index_add_(0, tok, y.to(out.dtype))
         return out
+
+    def _bias(self, pos: int, expert: int, start: int, stop: int) -> torch.Tensor | None:
+        """fp32 [stop - start, 2]: gate/up biases of neurons [start, stop), or None (unbiased experts)."""
+        if self.biases is None:
+            return None
+        return self.biases[pos, expert, 2 * start:2 * stop].view(-1, 2)
 
     def _slot_rows(self, pos: int, expert: int, slot: int) -> torch.Tensor:
         """The cached top rows of `expert`: its pool slot, or in place its bytes in the store."""

@@ -64,11 +64,6 @@ HUB_MODELS: dict[str, str] = {
     "microsoft/Phi-3.5-MoE-instruct": "phi-3.5-moe",
     "ibm-granite/granite-3.1-3b-a800m-instruct": "granite-3.1-3b-a800m",
     "baidu/ERNIE-4.5-21B-A3B-PT": "ernie-4.5-21b-a3b",
-}
-
-# Hub models whose checkpoints the engine reads but whose expert math the runtime does not compute yet
-# (GPT-OSS: biased, clamped SwiGLU); not offered until it does. The solver's presets cover them already.
-PENDING_HUB_MODELS: dict[str, str] = {
     "openai/gpt-oss-20b": "gpt-oss-20b",
     "openai/gpt-oss-120b": "gpt-oss-120b",
 }

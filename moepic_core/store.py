@@ -8,9 +8,10 @@ cache with an atomic rename, and memory-mapped on later loads. With CUDA it is r
 host buffer that is then page-locked in place (cudaHostRegister), so copies to the GPU are async
 and nothing is rounded up to a power of two the way torch's pinned-memory allocator does.
 
-Cache file: MAGIC (8 bytes) | header length (u64) | JSON header | zero pad | data at DATA_OFFSET.
-The header holds the format version, a fingerprint of the source checkpoint and options, and a
-CRC32 per layer. A cache whose magic, version, fingerprint, size or CRCs disagree is rebuilt.
+Cache file: MAGIC (8 bytes) | header length (u64) | JSON header | zero pad | data at DATA_OFFSET
+| biases (fp32 `[L_moe, E, 2I + H]`: per neuron its gate and up bias, then the expert's down bias;
+only for families with biased experts, GPT-OSS). The header holds the format version, a
+fingerprint of the source checkpoint and options, and a CRC32 per layer (and of the biases). A cache whose magic, version, fingerprint, size or CRCs disagree is rebuilt.
 Stores over FULL_VERIFY_BYTES check the CRC of each layer's first and last MiB instead of all.
 """
 from __future__ import annotations
@@ -87,10 +88,22 @@ class CheckpointReader:
 
 
 class ExpertStore:
-    def __init__(self, data: torch.Tensor, spec: ModelSpec, quant: str, dtype: str, path: Path | None):
+    def __init__(self, data: torch.Tensor, spec: ModelSpec, quant: str, dtype: str, path: Path | None,
+                 biases: torch.Tensor | None = None):
         self.data = data  # uint8 [L_moe, E, I, row_bytes]
+        self.biases = biases  # fp32 [L_moe, E, 2I + H] or None
         self.spec, self.quant, self.dtype, self.path = spec, quant, dtype, path
         self.row_bytes = data.shape[-1]
+
+    def neuron_bias(self, pos: int, expert: int) -> torch.Tensor | None:
+        """fp32 [I, 2]: each neuron's gate and up bias (rows travel with the neuron), or None."""
+        if self.biases is None:
+            return None
+        return self.biases[pos, expert, :2 * self.spec.intermediate_size].view(-1, 2)
+
+    def down_bias(self, pos: int, expert: int) -> torch.Tensor | None:
+        """fp32 [H]: added once to the expert's output (never per segment), or None."""
+        return None if self.biases is None else self.biases[pos, expert, 2 * self.spec.intermediate_size:]
 
     @property
     def nbytes(self) -> int:
@@ -110,17 +123,19 @@ class ExpertStore:
              cache_dir: Path | None = None, pin: bool = False, progress=None) -> "ExpertStore":
         """Load the cached store for these options, building (or rebuilding) it when needed."""
         shape = (spec.num_moe_layers, spec.num_experts, spec.intermediate_size, spec.row_bytes(quant, dtype))
+        bias_shape = ((spec.num_moe_layers, spec.num_experts, 2 * spec.intermediate_size + spec.hidden_size)
+                      if getattr(adapter, "expert_biases", False) else None)
         fp = hashlib.sha256(json.dumps([STORE_VERSION, quant, dtype, reader.fingerprint(), list(spec.moe_layers),
-                                        shape]).encode()).hexdigest()
+                                        shape, bias_shape]).encode()).hexdigest()
         path = Path(cache_dir or default_cache_dir()) / f"{spec.name}-{quant}-{dtype}-{fp[:16]}.experts"
-        problem = check_cache(path, fp, shape) if path.exists() else "missing"
+        problem = check_cache(path, fp, shape, bias_shape) if path.exists() else "missing"
         if problem:
             if problem != "missing":
                 log.warning("expert cache %s is unusable (%s); rebuilding it", path, problem)
             build_cache(path, reader, adapter, spec, quant=quant, dtype=dtype, fingerprint=fp, shape=shape,
-                        progress=progress)
+                        bias_shape=bias_shape, progress=progress)
         data = map_cache(path, shape, pin=pin)
-        return cls(data, spec, quant, dtype, path)
+        return cls(data, spec, quant, dtype, path, read_biases(path, shape, bias_shape))
 
 
 def _header_bytes(header: dict) -> bytes:
@@ -147,7 +162,17 @@ def _sample_crc(f, start: int, length: int) -> int:
     return crc
 
 
-def check_cache(path: Path, fingerprint: str, shape: tuple) -> str | None:
+def read_biases(path: Path, shape: tuple, bias_shape: tuple | None) -> torch.Tensor | None:
+    if bias_shape is None:
+        return None
+    with open(path, "rb") as f:
+        f.seek(DATA_OFFSET + int(np.prod(shape)))
+        blob = bytearray(4 * int(np.prod(bias_shape)))
+        f.readinto(blob)
+    return torch.frombuffer(blob, dtype=torch.float32).view(bias_shape)
+
+
+def check_cache(path: Path, fingerprint: str, shape: tuple, bias_shape: tuple | None = None) -> str | None:
     """None if the cache at `path` is usable, else what is wrong with it."""
     try:
         header = read_header(path)
@@ -158,8 +183,14 @@ def check_cache(path: Path, fingerprint: str, shape: tuple) -> str | None:
     if header.get("fingerprint") != fingerprint or tuple(header.get("shape", ())) != shape:
         return "stale: made from other weights or options"
     layer_bytes = int(np.prod(shape[1:]))
-    if path.stat().st_size != DATA_OFFSET + shape[0] * layer_bytes:
+    bias_bytes = 4 * int(np.prod(bias_shape)) if bias_shape else 0
+    if path.stat().st_size != DATA_OFFSET + shape[0] * layer_bytes + bias_bytes:
         return "wrong size (truncated?)"
+    if bias_shape:
+        with open(path, "rb") as f:
+            f.seek(DATA_OFFSET + shape[0] * layer_bytes)
+            if zlib.crc32(f.read(bias_bytes)) != header.get("bias_crc"):
+                return "checksum mismatch in the biases"
     full = shape[0] * layer_bytes <= FULL_VERIFY_BYTES
     with open(path, "rb") as f:
         for i in range(shape[0]):
@@ -174,11 +205,12 @@ def check_cache(path: Path, fingerprint: str, shape: tuple) -> str | None:
 
 
 def build_cache(path: Path, reader: CheckpointReader, adapter, spec: ModelSpec, *, quant: str, dtype: str,
-                fingerprint: str, shape: tuple, progress=None) -> None:
+                fingerprint: str, shape: tuple, bias_shape: tuple | None = None, progress=None) -> None:
     """Pack every expert, one at a time, straight into the cache file (temporary file, then rename)."""
     layer_bytes = int(np.prod(shape[1:]))
     total = spec.num_moe_layers * spec.num_experts
     layer_crc, sample_crc = [], []
+    biases = torch.zeros(bias_shape, dtype=torch.float32) if bias_shape else None
     with atomic_path(path) as tmp, open(tmp, "wb+") as f:
         f.write(b"\0" * DATA_OFFSET)
         for pos, layer in enumerate(spec.moe_layers):
@@ -192,6 +224,9 @@ def build_cache(path: Path, reader: CheckpointReader, adapter, spec: ModelSpec, 
                                          f"{tuple(down.shape)}; the config says I={spec.intermediate_size}")
                 blob = encode_expert(gate, up, down, quant, dtype).numpy().tobytes()
                 f.write(blob)
+                if biases is not None:
+                    biases[pos, e] = torch.cat([torch.stack([weights.gate_bias, weights.up_bias], dim=1).reshape(-1),
+                                                weights.down_bias]).float()
                 crc = zlib.crc32(blob, crc)
                 if progress:
                     progress("packing experts", (pos * spec.num_experts + e + 1) / total)
@@ -200,6 +235,11 @@ def build_cache(path: Path, reader: CheckpointReader, adapter, spec: ModelSpec, 
             f.seek(DATA_OFFSET + (pos + 1) * layer_bytes)
         header = {"version": STORE_VERSION, "fingerprint": fingerprint, "shape": list(shape), "quant": quant,
                   "dtype": dtype, "model": spec.name, "layer_crc": layer_crc, "sample_crc": sample_crc}
+        if biases is not None:
+            blob = biases.numpy().tobytes()
+            f.seek(DATA_OFFSET + shape[0] * layer_bytes)
+            f.write(blob)
+            header.update(bias_shape=list(bias_shape), bias_crc=zlib.crc32(blob))
         f.seek(0)
         f.write(_header_bytes(header))
         f.flush()

@@ -73,7 +73,7 @@ class DequantisedExperts(torch.nn.Module):
 
     def __init__(self, store, pos, act_fn):
         super().__init__()
-        self.store, self.pos, self.act_fn = store, pos, act_fn
+        self.store, self.pos, self.act_fn = store, pos, act_fn  # act_fn(gate) * up, transformers' own
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         spec, out = self.store.spec, torch.zeros_like(hidden_states)

@@ -22,7 +22,7 @@ from moepic_core.testing import load_reference, make_tiny_model, tiny_config
 from moepic_core.text import chat_input_ids
 
 NEW_FAMILIES = ("qwen3_5_moe", "qwen3_5_moe_vl", "deepseek_v2", "deepseek_v3", "glm4_moe", "phimoe",
-                "granitemoe", "ernie4_5_moe")
+                "granitemoe", "ernie4_5_moe", "gpt_oss")
 NEW_TOKENS = 8
 PROMPT = "hello world, the experts are cached"
 CACHES = {"all-resident": ["--cache-gb", "1"], "split-0.5": ["--split", "0.5"], "no-cache": ["--cache-gb", "0"]}

@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from moepic_core import Engine, chat
-from moepic_core.errors import UnsupportedModelError
+from moepic_core import Engine
 from moepic_core.models import get_adapter, load_config, load_spec
 from moepic_core.models.gpt_oss import decode_mxfp4
 from moepic_core.store import CheckpointReader
@@ -136,9 +135,21 @@ def test_spec_of_both_layouts(float_model, mxfp4_model):
     assert b.dense_params == a.dense_params  # blocks, scales and biases are expert tensors
 
 
-def test_engine_refuses_gpt_oss(mxfp4_model, capsys):
-    with pytest.raises(UnsupportedModelError, match="gpt_oss"):
-        Engine.load(mxfp4_model, device="cpu")
-    assert chat.main(["--model", str(mxfp4_model), "--device", "cpu", "--prompt", "hi"]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("error: gpt_oss")
+@pytest.mark.parametrize("options", [dict(cache_gb=1.0), dict(split=0.5), dict(cache_gb=0.0), dict(quant="int8")])
+def test_engine_runs_gpt_oss_from_mxfp4(mxfp4_model, options):
+    """Biases travel with their neurons, the down bias is added once per expert, the clamped SwiGLU
+    is computed by the kernels: greedy tokens and logits as transformers' own model (MXFP4 dequantised
+    by transformers), whole, split and uncached; int8 stays close."""
+    if "split" in options:
+        options = dict(options, cache_gb=0.3 * load_spec(mxfp4_model).store_bytes("none", "float32") / 1e9)
+    engine = Engine.load(mxfp4_model, device="cpu", dtype="float32", dense_quant="none", **options)
+    ref = load_reference(mxfp4_model)
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    with torch.no_grad():
+        ours, theirs = engine.model(ids).logits[0, -1], ref(ids).logits[0, -1]
+    if "quant" in options:
+        assert (ours - theirs).norm() / theirs.norm() < 0.05
+        return
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0), (ours - theirs).abs().max()
+    want = ref.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)[0, 6:].tolist()
+    assert engine.generate(ids[0], 8, stop_at_eos=False) == want

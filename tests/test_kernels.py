@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from moepic_core import native
-from moepic_core.kernels import ExpertKernel, PackedLinear, segment_forward
+from moepic_core.kernels import Activation, ExpertKernel, PackedLinear, segment_forward
 from moepic_core.layout import split_rows
 from moepic_core.quant import decode_expert, decode_matrix, encode_expert, encode_matrix, fake_quantize
 from moepic_core.spec import row_bytes
@@ -137,9 +137,12 @@ def test_native_activations(act):
     gate, up, down = expert_case(2)
     rows = encode_expert(gate, up, down, "none", "float32")
     x = torch.randn(1, 256) * 4
-    got = ExpertKernel("none", "float32", 256, 128, CPU, torch.float32, act=act, alpha=1.702,
-                       limit=7.0).segment(x, rows)
-    g, u = x @ gate.t(), x @ up.t()
+    activation = Activation(act, alpha=1.702, limit=7.0)
+    bias = torch.randn(128, 2) * 0.1
+    got = ExpertKernel("none", "float32", 256, 128, CPU, torch.float32, activation).segment(x, rows, bias)
+    torch_path = ExpertKernel("none", "float32", 256, 128, CPU, torch.float32, activation, use_native=False)
+    assert torch.allclose(got, torch_path.segment(x, rows, bias), atol=1e-5)
+    g, u = x @ gate.t() + bias[:, 0], x @ up.t() + bias[:, 1]
     if act == "gelu_tanh":
         h = torch.nn.functional.gelu(g, approximate="tanh") * u
     else:  # GPT-OSS: alpha 1.702, limit 7

@@ -44,6 +44,7 @@ class FamilyAdapter:
     router_attr = "gate"  # MoE block -> router
     # the expert math the checkpoint needs: "glu" is down(act(gate) * up), no biases
     expert_math = "glu"
+    expert_biases = False  # experts carry biases (gate/up per neuron, down per expert) the store keeps
     notes: str = ""
 
     def __init__(self, config):
@@ -113,6 +114,17 @@ class FamilyAdapter:
         self._sources = {layer: checkpoint.locate_layer(keys, stems.get(layer, set()), layer)
                          for layer in self.moe_layers()}
         return self._sources
+
+    def activation(self, model):
+        """The experts' h = glu(gate, up) (kernels.Activation): by the config's hidden_act where the
+        native kernels know it, else the experts module's own act_fn (torch computes those)."""
+        from ..kernels import Activation
+
+        act = str(getattr(self.text_config, "hidden_act", "silu"))
+        name = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}.get(act)
+        if name:
+            return Activation(name)
+        return Activation("", fn=self.moe_block(model, self.moe_layers()[0]).experts.act_fn)
 
     def expert_weights(self, reader, layer: int, expert: int) -> ExpertWeights:
         """Expert `expert` of decoder layer `layer`, read from a CheckpointReader (override for other

@@ -41,12 +41,18 @@ class GptOssAdapter(FamilyAdapter):
     model_type = "gpt_oss"
     router_attr = "router"
     expert_math = "gpt_oss_swiglu"
+    expert_biases = True
     notes = "softmax over the top-k logits (+ router bias); clamped SwiGLU experts with biases; MXFP4 experts on the hub"
 
     @property
     def swiglu(self) -> dict:
         """The expert activation's constants: alpha (sigmoid slope) and limit (clamp)."""
         return {"alpha": float(self.text_config.swiglu_alpha), "limit": float(self.text_config.swiglu_limit)}
+
+    def activation(self, model):
+        from ..kernels import Activation
+
+        return Activation("clamped_swiglu", **self.swiglu)
 
     def locate(self, keys) -> dict:
         keys = set(keys)
