@@ -12,7 +12,8 @@ process per run. The two alternate, `--rounds` times each, and the best run of e
 llama.cpp comes from the source archive of the PyPI package llama-cpp-python==0.3.36 (its
 `vendor/llama.cpp`), built once into `<work>/build` (llama-bench and llama-quantize, about 15
 minutes on 2 cores). Its converter refuses an unknown BPE pre-tokenizer; the tokenizer does not
-matter for speed, so `TextModel.get_vocab_base_pre` is overridden for the conversion. Where
+matter for speed, so `TextModel.get_vocab_base_pre` is overridden for the conversion (and the
+byte-level BPE tokenizer goes straight to the GPT-2 vocabulary path). Where
 llama.cpp cannot be built (no cmake or compiler, no package index) the script says why and exits 0
 after the MoEpic rows.
 """
@@ -114,6 +115,7 @@ import runpy, sys
 sys.path[:0] = [{src!r}, {gguf!r}]
 from conversion import base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "default"  # speed test: any pre-tokenizer
+base.TextModel._set_vocab_sentencepiece = base.TextModel._set_vocab_gpt2  # our tokenizer is a byte-level BPE
 sys.argv = ["convert_hf_to_gguf.py", {model!r}, "--outtype", "bf16", "--outfile", {out!r}]
 runpy.run_path({script!r}, run_name="__main__")
 """
