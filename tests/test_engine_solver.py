@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from moepic_core import Engine
 from moepic_core.calibrate import trace_path
 from moepic_core.models import load_spec
+from moepic_core.simulate import simulate
 from moepic_core.testing import load_reference
 
 from test_engine_exact import check_engine_matches
@@ -21,12 +23,20 @@ def test_default_layout_is_solved_and_exact(tiny_models, cache_dir):
     layout = engine.runtime.layout
     assert layout.source == "solver"
     assert layout.total_bytes <= 0.3 * store
-    pred = engine.snapshot()["layout"]["prediction"]
-    assert pred["ms_per_token"] > 0 and set(pred["baselines"]) == {"uniform_lru_no_split", "best_uniform_split"}
-    # never worse than the best uniform ratio under the same policy (r = 1 included); the LRU baseline
-    # uses another policy's hit rates and may win on random routing
-    assert pred["ms_per_token"] <= pred["baselines"]["best_uniform_split"] + 1e-12
-    assert all(l["predicted_hit_rate"] is not None for l in engine.snapshot()["layers"])
+    snap = engine.snapshot()
+    pred = snap["layout"]["prediction"]
+    assert pred["ms_per_token"] > 0
+    assert set(pred["baselines"]) == {"uniform_lru_no_split", "best_uniform_split", "transfer_only"}
+    # the engine has no CPU path yet: every layer over the link; the policy auto chose is the one running
+    assert {(p.bottom_on, p.miss_on) for p in layout.layers} == {("link", "link")}
+    name, params = layout.policy("")
+    assert (engine.runtime.policy_name, name) == (name, engine.runtime.directory.policy.name)
+    assert snap["policy"] == f"auto: {name}" if name != "per-layer" else snap["policy"].startswith("auto: per layer")
+    # the prediction is the simulator's replay of the calibration trace through that layout and policy
+    sim = simulate(engine._calibration(), engine.spec, layout, policy=name, bandwidth_gbps=pred["bandwidth_gbps"],
+                   dtype=engine.dtype)
+    assert sim["ms_per_token"] == pytest.approx(pred["ms_per_token"], rel=1e-9)
+    assert all(l["predicted_hit_rate"] is not None for l in snap["layers"])
     assert engine.snapshot()["totals"]["tokens"] == 0  # calibration decoding is not counted
     path = trace_path(engine)
     assert path.exists()
@@ -93,3 +103,21 @@ def test_static_policy_pins_the_profiled_experts(tiny_models, cache_dir):
     assert torch.equal(engine.runtime.pool.slot(0, 0), engine.runtime.store.rows(
         0, engine.runtime.directory.cached(0) and min(engine.runtime.directory.cached(0),
                                                       key=engine.runtime.directory.cached(0).get), 0, 128))
+
+
+def test_without_prefetch_the_solver_gets_no_recall(tiny_models, cache_dir, tmp_path):
+    import shutil
+
+    from moepic_core.synthetic import synthetic_trace
+
+    folder = shutil.copytree(tiny_models["mixtral"], tmp_path / "model")
+    spec = load_spec(folder)
+    trace = synthetic_trace(60, spec.num_moe_layers, spec.num_experts, spec.top_k, seed=0)
+    assert trace.prediction_recall()[1:].min() > 0     # guesses recorded: a recall the solver must not get
+    trace.save(folder / "routing_trace.npz")           # shipped beside the model: no recording
+    store = spec.store_bytes("none", "float32")
+    engine = Engine.load(folder, device="cpu", cache_gb=0.3 * store / 1e9, cache_dir=cache_dir, prefetch=False,
+                         policy="lru")
+    pred = engine.snapshot()["layout"]["prediction"]
+    assert pred["prefetch_accuracy"] == 0.0
+    assert engine.snapshot()["policy"] == "lru" and engine.runtime.policy_name == "lru"

@@ -217,7 +217,7 @@ def test_solve_layout_mixtral_within_budget(quant, mixtral_trace):
         if experts_per_layer == 0:
             assert all(x.slots == 0 for x in layout.layers)
         if experts_per_layer == 8:
-            assert all(x.slots == 8 and x.split_ratio == 1.0 for x in layout.layers)
+            assert all(x.slots == 8 for x in layout.layers)  # r < 1 where the CPU shares the compute
 
 
 def test_without_cpu_everything_goes_over_the_link(mixtral_trace):
