@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moepic_core.cache.policies import POLICY_CHOICES as POLICIES  # noqa: F401 ("auto" first: by measurement)
+
 DEVICES = ("auto", "cpu", "cuda")
 QUANTS = ("none", "int8", "int4")
-from moepic_core.cache.policies import POLICY_CHOICES as POLICIES  # "auto" first: chosen by measurement
 GB = 1e9  # the engine's vram_gb and the UI's GB are decimal gigabytes
 VRAM_RESERVE_GB = 1.0  # left free for the CUDA context, other programs and fragmentation
 SIMULATED_CACHE_SHARE = 0.35  # CPU mode default: a cache for about this share of all expert bytes
