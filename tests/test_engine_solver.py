@@ -9,6 +9,7 @@ import torch
 
 from moepic_core import Engine
 from moepic_core.calibrate import trace_path
+from moepic_core.config import EngineConfig
 from moepic_core.models import load_spec
 from moepic_core.simulate import simulate
 from moepic_core.testing import load_reference
@@ -121,3 +122,24 @@ def test_without_prefetch_the_solver_gets_no_recall(tiny_models, cache_dir, tmp_
     pred = engine.snapshot()["layout"]["prediction"]
     assert pred["prefetch_accuracy"] == 0.0
     assert engine.snapshot()["policy"] == "lru" and engine.runtime.policy_name == "lru"
+
+
+def test_one_budget_for_engine_and_solve(tiny_models):
+    # the engine's budget and solve's come from budget.plan_budget: the same cache share of a VRAM budget
+    from moepic_core.budget import plan_budget
+    from moepic_core.presets import get_preset
+    from moepic_core.simulate import resolve_model
+
+    folder = tiny_models["olmoe"]
+    spec = load_spec(folder)
+    vram = plan_budget(spec, dtype="float32", vram_bytes=10**9).min_vram_bytes + 12345
+    cfg = EngineConfig(model=str(folder), vram_gb=vram / 1e9, device="cpu", dtype="float32", cpu_mode="simulated")
+    engine_budget = Engine._budget(cfg, spec, "float32", torch.device("cpu"))
+    assert engine_budget.cache_bytes == 12345 and engine_budget.staging_bytes == 2 * 2 * spec.expert_bytes("none", "float32")
+
+    class Args:
+        preset, model, vram_gb, cache_gb, quant, dtype = "mixtral-8x7b", None, 24.0, None, "none", "float16"
+    mixtral = get_preset("mixtral-8x7b")
+    _, cli_budget = resolve_model(Args)
+    assert cli_budget == plan_budget(mixtral, vram_bytes=24 * 10**9)
+    assert cli_budget.staging_bytes == 2 * mixtral.top_k * mixtral.expert_bytes()   # 2(k + extra), as the engine
