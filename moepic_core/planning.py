@@ -24,7 +24,7 @@ import numpy as np
 from .cache.policies import AUTO, PARAMS
 from .costmodel import LINK_ONLY, PLACEMENTS, PREFETCH_CHUNK_BYTES, build_cost_model
 from .layout import Layout, plan_layer
-from .replay import ORACLE, Curves, replay_curves
+from .replay import Curves, replay_curves
 from .solver import Solution, best_uniform, exact_optimum, layer_policies, mixed, optimize, restrict, uniform
 
 AUTO_POLICIES = ("lru", "lfu", "lcp", "lcp-filtered", "reuse", "static")
@@ -113,7 +113,10 @@ def choose(cm, units: int, exact: bool = False) -> tuple[Solution, dict]:
     report = {n: {"uniform": ms} for n, ms in zip(cm.policies, screen)}
     best = None
     for i in np.argsort(screen, kind="stable")[:SOLVED]:
-        sol = optimize(restrict(cm, [int(i)]), units)
+        alone = restrict(cm, [int(i)])
+        whole = optimize(restrict(alone, whole_only=True), units)
+        whole.split = [len(cm.ratios) - 1] * cm.num_layers  # r = 1 in cm's ratios
+        sol = optimize(alone, units, start=whole)
         sol.policy = [int(i)] * cm.num_layers
         report[cm.policies[i]]["solved"] = sol.ms_per_token
         if best is None or sol.ms_per_token < best.ms_per_token:
@@ -128,17 +131,17 @@ def choose(cm, units: int, exact: bool = False) -> tuple[Solution, dict]:
     return best, report
 
 
-def baselines(cm, cm_lru, units: int, chosen: Solution) -> dict:
-    """ms/token of the baselines (module doc) at `units` of budget; hybrid_whole_expert only where
-    there is a CPU path."""
+def baselines(cm, cm_lru, units: int, chosen: Solution) -> dict[str, Solution]:
+    """The baselines' layouts (module doc) at `units` of budget; hybrid_whole_expert only where there
+    is a CPU path. Policy indices are `cm`'s (LRU's for uniform_lru_no_split)."""
     link = restrict(cm_lru, placements=LINK_ONLY)
-    same = restrict(cm, sorted(set(chosen.policy))[:1])
-    out = {"uniform_lru_no_split": uniform(link, units).ms_per_token,
-           "best_uniform_split": best_uniform(same, units).ms_per_token,
-           "transfer_only": choose(restrict(cm, placements=LINK_ONLY), units)[0].ms_per_token}
+    first = sorted(set(chosen.policy))[0]
+    out = {"uniform_lru_no_split": uniform(link, units),
+           "best_uniform_split": best_uniform(cm, units, policy=first),
+           "transfer_only": choose(restrict(cm, placements=LINK_ONLY), units)[0]}
     if cm.cpu_bw > 0:
-        peers = restrict(cm, whole_only=True, placements=PEER_PLACEMENT)
-        out["hybrid_whole_expert"] = choose(peers, units)[0].ms_per_token
+        out["hybrid_whole_expert"] = choose(restrict(cm, whole_only=True, placements=PEER_PLACEMENT), units)[0]
+        out["hybrid_whole_expert"].split = [len(cm.ratios) - 1] * cm.num_layers  # r = 1 in cm's ratios
     return out
 
 
@@ -173,24 +176,30 @@ def solve_layout(spec, cache_bytes: int, *, bandwidth_gbps: float, cpu_gbps: flo
     sol, alone = choose(cm, units, exact)
     wall = time.perf_counter() - start
     cm_lru = model_cost(spec, trace, ("lru",), **{**kw, "policy_params": None})
-    ev = cm.evaluate(sol.policy, sol.slots, sol.split, sol.place)
-    names = sorted({cm.policies[p] for p in sol.policy})
     prediction = {
-        "method": "exact-dp" if exact else "divide-and-conquer",
-        "policy": names[0] if len(names) == 1 else "per-layer", "policy_asked": policy, "policy_ms": alone,
-        "bandwidth_gbps": bandwidth_gbps, "cpu_gbps": cpu_gbps, "quant": quant, "dtype": dtype,
-        "cache_bytes": int(cache_bytes), "ms_per_token": ev["ms_per_token"],
-        "hit_rate": float(np.mean([x["hit_rate"] for x in ev["layers"]])),
-        "bytes_per_token": ev["bytes_per_token"], "cpu_bytes_per_token": ev["cpu_bytes_per_token"],
-        "prefetch_accuracy": float(cm.accuracy.mean()), "layers": ev["layers"], **sol.detail, "solve_s": wall,
+        "method": "exact-dp" if exact else "divide-and-conquer", **_predicted(cm, sol),
+        "policy_asked": policy, "policy_ms": alone, "bandwidth_gbps": bandwidth_gbps, "cpu_gbps": cpu_gbps,
+        "quant": quant, "dtype": dtype, "cache_bytes": int(cache_bytes), "prefetch_accuracy": float(cm.accuracy.mean()),
+        **sol.detail, "solve_s": wall,
         "trace": "none (uniform routing assumed)" if trace is None else (trace.model or "trace"),
     }
     start = time.perf_counter()
-    prediction["baselines"] = baselines(cm, cm_lru, units, sol)
+    bases = baselines(cm, cm_lru, units, sol)
+    prediction["baselines"] = {name: b.ms_per_token for name, b in bases.items()}
     prediction["baselines_s"] = time.perf_counter() - start
+    for name in ("transfer_only", "hybrid_whole_expert"):  # plans the search space holds: never slower
+        if name in bases and bases[name].ms_per_token < sol.ms_per_token * (1 - 1e-12):
+            sol = bases[name]
+            prediction.update(fallback=name, **_predicted(cm, sol))
     return to_layout(spec, cm, sol, quant, dtype, prediction)
 
 
-def oracle_layout(spec, cache_bytes: int, **kw):
-    """The Belady bound: the solver over the offline optimum's curves (not a policy one can run)."""
-    return solve_layout(spec, cache_bytes, policy=ORACLE, **kw)
+def _predicted(cm, sol: Solution) -> dict:
+    """The prediction fields that follow from a layout."""
+    ev = cm.evaluate(sol.policy, sol.slots, sol.split, sol.place)
+    names = sorted({cm.policies[p] for p in sol.policy})
+    return {"policy": names[0] if len(names) == 1 else "per-layer", "ms_per_token": ev["ms_per_token"],
+            "hit_rate": float(np.mean([x["hit_rate"] for x in ev["layers"]])),
+            "bytes_per_token": ev["bytes_per_token"], "cpu_bytes_per_token": ev["cpu_bytes_per_token"],
+            "layers": ev["layers"]}
+

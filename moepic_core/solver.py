@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .costmodel import LINK_ONLY, PLACEMENTS, CostModel
+from .costmodel import PLACEMENTS, CostModel
 
 MAX_ROUNDS = 6
 NEAR = 3  # whole experts of budget either side of a layer's own that the neighbourhood step considers
