@@ -11,6 +11,7 @@ Baselines, ms/token at the same budget, hardware and trace:
   uniform_lru_no_split  every layer the same budget, whole experts, LRU, everything over the link
   best_uniform_split    every layer the same budget at the best single ratio, the chosen policy
   transfer_only         the solver with everything over the link (no CPU path), best policy
+  solver_no_split       the solver with whole experts only (every placement), best policy: what the split buys
   hybrid_whole_expert   the solver with whole experts only, misses not admitted computed on the CPU,
                         no prefetch, best policy: the llama.cpp (`--n-cpu-moe`) / Fiddler placement
 """
@@ -138,7 +139,9 @@ def baselines(cm, cm_lru, units: int, chosen: Solution) -> dict[str, Solution]:
     first = sorted(set(chosen.policy))[0]
     out = {"uniform_lru_no_split": uniform(link, units),
            "best_uniform_split": best_uniform(cm, units, policy=first),
-           "transfer_only": choose(restrict(cm, placements=LINK_ONLY), units)[0]}
+           "transfer_only": choose(restrict(cm, placements=LINK_ONLY), units)[0],
+           "solver_no_split": choose(restrict(cm, whole_only=True), units)[0]}
+    out["solver_no_split"].split = [len(cm.ratios) - 1] * cm.num_layers  # r = 1 in cm's ratios
     if cm.cpu_bw > 0:
         out["hybrid_whole_expert"] = choose(restrict(cm, whole_only=True, placements=PEER_PLACEMENT), units)[0]
         out["hybrid_whole_expert"].split = [len(cm.ratios) - 1] * cm.num_layers  # r = 1 in cm's ratios
@@ -172,22 +175,22 @@ def solve_layout(spec, cache_bytes: int, *, bandwidth_gbps: float, cpu_gbps: flo
               prefetch_accuracy=prefetch_accuracy, compute_ms=compute_ms, policy_params=policy_params)
     cm = model_cost(spec, trace, candidates(policy), **kw)
     units = max(0, int(cache_bytes)) // cm.unit_bytes
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     sol, alone = choose(cm, units, exact)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     cm_lru = model_cost(spec, trace, ("lru",), **{**kw, "policy_params": None})
     prediction = {
         "method": "exact-dp" if exact else "divide-and-conquer", **_predicted(cm, sol),
         "policy_asked": policy, "policy_ms": alone, "bandwidth_gbps": bandwidth_gbps, "cpu_gbps": cpu_gbps,
         "quant": quant, "dtype": dtype, "cache_bytes": int(cache_bytes), "prefetch_accuracy": float(cm.accuracy.mean()),
-        **sol.detail, "solve_s": wall,
+        **sol.detail, "solve_s": wall, "solve_cpu_s": cpu,
         "trace": "none (uniform routing assumed)" if trace is None else (trace.model or "trace"),
     }
     start = time.perf_counter()
     bases = baselines(cm, cm_lru, units, sol)
     prediction["baselines"] = {name: b.ms_per_token for name, b in bases.items()}
     prediction["baselines_s"] = time.perf_counter() - start
-    for name in ("transfer_only", "hybrid_whole_expert"):  # plans the search space holds: never slower
+    for name in ("transfer_only", "solver_no_split", "hybrid_whole_expert"):  # in the search space: never slower
         if name in bases and bases[name].ms_per_token < sol.ms_per_token * (1 - 1e-12):
             sol = bases[name]
             prediction.update(fallback=name, **_predicted(cm, sol))

@@ -41,6 +41,7 @@ def print_layout(spec, layout, rows) -> None:
               f"{r['policy']:>12} {r['bottom_on']:>6} {r['miss_on']:>5} {'on' if r['prefetch'] else 'off':>3} "
               f"{r['hit_rate']:>6.1%} {r['ms']:>8.3f}")
     names = {"transfer_only": "transfer only", "hybrid_whole_expert": "hybrid whole-expert",
+             "solver_no_split": "no split",
              "uniform_lru_no_split": "uniform no split (LRU)", "best_uniform_split": "best uniform split"}
     base = " | ".join(f"{names[k]} {v:.2f}" for k, v in p["baselines"].items())
     print(f"predicted {p['ms_per_token']:.2f} ms/token = {1e3 / p['ms_per_token']:.1f} tok/s (policy {p['policy']}, "

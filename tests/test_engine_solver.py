@@ -27,7 +27,7 @@ def test_default_layout_is_solved_and_exact(tiny_models, cache_dir):
     snap = engine.snapshot()
     pred = snap["layout"]["prediction"]
     assert pred["ms_per_token"] > 0
-    assert set(pred["baselines"]) == {"uniform_lru_no_split", "best_uniform_split", "transfer_only"}
+    assert set(pred["baselines"]) == {"uniform_lru_no_split", "best_uniform_split", "transfer_only", "solver_no_split"}
     # the engine has no CPU path yet: every layer over the link; the policy auto chose is the one running
     assert {(p.bottom_on, p.miss_on) for p in layout.layers} == {("link", "link")}
     name, params = layout.policy("")

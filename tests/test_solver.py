@@ -210,7 +210,7 @@ def test_solve_layout_mixtral_within_budget(quant, mixtral_trace):
         assert layout.total_bytes <= budget
         p = layout.prediction
         assert set(p["baselines"]) == {"uniform_lru_no_split", "best_uniform_split", "transfer_only",
-                                       "hybrid_whole_expert"}
+                                       "solver_no_split", "hybrid_whole_expert"}
         assert p["ms_per_token"] <= min(p["baselines"].values()) * (1 + 1e-9)
         assert p["policy"] in ("per-layer", *{plan.policy for plan in layout.layers})
         json.dumps(layout.to_dict())                                   # goes into engine.snapshot()
@@ -243,7 +243,8 @@ def test_solve_cli_done_when(capsys):
                  "--cpu-gbps", "60", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     b = out["baselines"]
-    assert set(b) == {"uniform_lru_no_split", "best_uniform_split", "transfer_only", "hybrid_whole_expert"}
+    assert set(b) == {"uniform_lru_no_split", "best_uniform_split", "transfer_only", "solver_no_split",
+                      "hybrid_whole_expert"}
     assert sum(x["budget_bytes"] for x in out["layers"]) <= out["cache_bytes"]
     assert out["ms_per_token"] <= 0.55 * b["transfer_only"] and out["ms_per_token"] <= b["hybrid_whole_expert"]
     assert {"layer", "budget_bytes", "split_ratio", "slots", "bottom_on", "miss_on", "prefetch", "policy",
