@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "caches about a third of the expert bytes")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where the model computes (default: auto: CUDA if available)")
     p.add_argument("--quant", choices=QUANTS, default="none", help="quantisation of the expert store (default: none)")
-    p.add_argument("--policy", choices=POLICIES, default="lcp", help="expert-cache eviction policy (default: lcp)")
+    p.add_argument("--policy", choices=POLICIES, default="auto",
+                   help="expert-cache policy (default: auto, the best by replaying the calibration trace)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="compute dtype (default: the engine's choice for the device)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="initial value of the reply-length slider (default: 256)")

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moepic_core.cache.policies import POLICY_CHOICES as POLICIES  # noqa: F401 ("auto" first: by measurement)
+
 DEVICES = ("auto", "cpu", "cuda")
 QUANTS = ("none", "int8", "int4")
-POLICIES = ("lcp", "lru", "lfu", "static")
 GB = 1e9  # the engine's vram_gb and the UI's GB are decimal gigabytes
 VRAM_RESERVE_GB = 1.0  # left free for the CUDA context, other programs and fragmentation
 SIMULATED_CACHE_SHARE = 0.35  # CPU mode default: a cache for about this share of all expert bytes
@@ -17,7 +18,7 @@ class AppConfig:
     vram_gb: float | None = None  # None: detected free VRAM minus the reserve; CPU mode: simulated
     device: str = "auto"
     quant: str = "none"
-    policy: str = "lcp"
+    policy: str = "auto"
     dtype: str | None = None
     max_new_tokens: int = 256
 

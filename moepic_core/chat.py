@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from .cache.policies import POLICY_CHOICES
 from .config import CPU_MODES, DTYPES
 from .spec import QUANTS
 
@@ -24,7 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default)")
     p.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: float32 on CPU, half on CUDA)")
     p.add_argument("--quant", choices=QUANTS, default="none", help="expert quantization in host RAM and cache")
-    p.add_argument("--policy", default="lcp", help="cache policy: lcp (default), lru, lfu, static")
+    p.add_argument("--policy", default="auto", help=f"cache policy: {', '.join(POLICY_CHOICES)} "
+                                                    "(default auto: the best by replaying the calibration trace)")
     p.add_argument("--split", default=None, help="split ratio in (0, 1] for every layer, or 'auto' (solver)")
     p.add_argument("--cpu-mode", choices=CPU_MODES, default="auto",
                    help="CPU only: in-place computes every expert where it lies in RAM (fastest; default for a "

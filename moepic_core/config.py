@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .cache.policies import POLICIES
+from .cache.policies import POLICY_CHOICES
 from .spec import QUANTS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -19,7 +19,7 @@ class EngineConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str | None = None  # None: float32 on the CPU, the checkpoint's half type on CUDA
     quant: str = "none"
-    policy: str = "lcp"
+    policy: str = "auto"  # a registered policy, or "auto": chosen by replaying the calibration trace
     split: float | str | None = None  # None/"auto": the solver's layout; a float: uniform layout at that ratio
     max_context: int = 4096  # tokens the KV reserve is sized for
     prefetch: bool = True
@@ -37,8 +37,8 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.quant not in QUANTS:
             raise ValueError(f"quant must be one of {', '.join(QUANTS)}, got {self.quant!r}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(sorted(POLICIES))}, got {self.policy!r}")
+        if self.policy not in POLICY_CHOICES:
+            raise ValueError(f"policy must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}")
         for name in ("vram_gb", "cache_gb"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from . import models, native
-from .budget import Budget, fixed_costs
+from .budget import Budget, plan_budget
+from .cache.policies import AUTO
 from .config import GB, EngineConfig
 from .errors import BudgetError, GenerationError, MoepicError, UnsupportedModelError
 from .generation import SamplingConfig, decode_tokens
@@ -29,6 +30,7 @@ from .store import CheckpointReader, ExpertStore
 from .text import IncrementalDetokenizer, chat_input_ids
 
 log = logging.getLogger(__name__)
+AUTO_FALLBACK = "lru"  # the policy "auto" runs where no solver chose one (a given split, all resident)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,7 +110,8 @@ class Engine:
         model_ = build_dense_model(config, adapter, reader, TORCH_DTYPES[dtype], device)
         model_.generation_config = cls._load_generation_config(folder, model_.generation_config)
         routers = [adapter.router(model_, layer) for layer in spec.moe_layers]
-        runtime = ExpertRuntime(store, routers, device, TORCH_DTYPES[dtype], policy=cfg.policy,
+        runtime = ExpertRuntime(store, routers, device, TORCH_DTYPES[dtype],
+                                policy=AUTO_FALLBACK if cfg.policy == AUTO else cfg.policy,
                                 policy_params=cfg.policy_params, prefetch=cfg.prefetch,
                                 prefetch_extra=cfg.prefetch_extra, activation=adapter.activation(model_),
                                 in_place=in_place_mode(cfg, device))
@@ -167,33 +170,16 @@ class Engine:
     @staticmethod
     def _budget(cfg: EngineConfig, spec, dtype: str, device: torch.device) -> Budget:
         in_place = in_place_mode(cfg, device)
-        staging = 0 if in_place else (ExpertRuntime.staging_buffers(spec.top_k, cfg.prefetch_extra)
-                                      * spec.expert_bytes(cfg.quant, dtype))
-        costs = fixed_costs(spec, dtype, min(cfg.max_context, 1 << 20), staging)
-        if device.type == "cuda":  # the torch expert kernel's bounded temporaries
-            costs["workspace_bytes"] += torch_workspace_bytes(spec.hidden_size, cfg.quant, 512)
-        min_vram = sum(costs.values())
         simulated = device.type == "cpu" and not in_place
-        if in_place:
-            return Budget(cache_bytes=spec.store_bytes(cfg.quant, dtype), vram_bytes=None, simulated=False,
-                          in_place=True, **costs)
-        vram = None if cfg.vram_gb is None else int(cfg.vram_gb * GB)
-        if cfg.cache_gb is not None:
-            cache = int(cfg.cache_gb * GB)
-        elif vram is not None:
-            if vram < min_vram:
-                raise BudgetError(
-                    f"VRAM budget {vram / GB:.3f} GB is below the minimum {min_vram / GB:.3f} GB for "
-                    f"{spec.name} ({dtype}, quant {cfg.quant}): dense part {costs['dense_bytes'] / GB:.3f} GB, "
-                    f"KV reserve {costs['kv_reserve_bytes'] / GB:.3f} GB, staging {staging / GB:.3f} GB, "
-                    f"workspace {costs['workspace_bytes'] / GB:.3f} GB", min_vram)
-            cache = vram - min_vram
-        elif simulated:
-            cache = spec.store_bytes(cfg.quant, dtype) // 2  # CPU default: a simulated half-size cache
-        else:
-            free, _ = torch.cuda.mem_get_info(device)
-            cache = max(0, int(free * 0.9) - min_vram)
-        return Budget(cache_bytes=cache, vram_bytes=vram, simulated=simulated, **costs)
+        free = None
+        if cfg.cache_gb is None and cfg.vram_gb is None and device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+        extra = torch_workspace_bytes(spec.hidden_size, cfg.quant, 512) if device.type == "cuda" else 0
+        return plan_budget(spec, quant=cfg.quant, dtype=dtype, max_context=cfg.max_context,
+                           prefetch_extra=cfg.prefetch_extra, simulated=simulated, free_bytes=free,
+                           in_place=in_place, extra_workspace=extra,  # the torch expert kernel's temporaries
+                           vram_bytes=None if cfg.vram_gb is None else int(cfg.vram_gb * GB),
+                           cache_bytes=None if cfg.cache_gb is None else int(cfg.cache_gb * GB))
 
     @classmethod
     def _check_budget(cls, cfg, spec, dtype, device) -> Budget:
@@ -217,12 +203,14 @@ class Engine:
             layout = self._uniform(cfg, budget, 1.0)
             layout.source = "all-resident" if budget.cache_bytes >= store else "no-cache"
             return layout
-        from .solver import solve_layout
+        from .planning import solve_layout
 
         hw = detect_hardware(self.device)
-        layout = solve_layout(self.spec, budget.cache_bytes, bandwidth_gbps=hw.bandwidth_gbps,
+        # cpu_gbps 0 until the runtime runs LayerPlan.miss_on / bottom_on (then: hw.cpu_expert_gbps)
+        layout = solve_layout(self.spec, budget.cache_bytes, bandwidth_gbps=hw.bandwidth_gbps, cpu_gbps=0.0,
                               trace=self._calibration(), policy=cfg.policy, quant=cfg.quant, dtype=self.dtype,
-                              policy_params=cfg.policy_params or None)
+                              policy_params=cfg.policy_params or None,
+                              prefetch_accuracy=None if cfg.prefetch else 0.0)
         layout.prediction["bandwidth_source"] = hw.bandwidth_source
         return layout
 
@@ -236,11 +224,14 @@ class Engine:
                 self.runtime.stats.reset()
         return self._trace
 
-    def _policy_params(self, cfg: EngineConfig) -> dict:
-        params = dict(cfg.policy_params)
-        if cfg.policy == "static" and "profile" not in params:
+    def _policy(self, cfg: EngineConfig, layout: Layout) -> tuple[str, dict]:
+        """The policy the directory runs: the layout's (per layer when the solver mixed them), else
+        the configured one ("auto" without a solved layout: lru)."""
+        name, params = layout.policy(AUTO_FALLBACK if cfg.policy == AUTO else cfg.policy)
+        params = {**cfg.policy_params, **params}
+        if "static" in (name, *params.get("layers", ())) and "profile" not in params:
             params["profile"] = self._calibration().counts().tolist()
-        return params
+        return name, params
 
     def _apply(self, cfg: EngineConfig, fresh_policy: bool) -> None:
         """Budget, layout and pools for `cfg`; a fresh policy state when asked (or after calibrating)."""
@@ -249,10 +240,11 @@ class Engine:
             self.cfg, self.budget = cfg, budget
         calibrated = self._trace is not None
         layout = self._layout(cfg, budget)
-        params = self._policy_params(cfg)
-        fresh_policy = fresh_policy or (self._trace is not None and not calibrated)
+        policy = self._policy(cfg, layout)
+        fresh_policy = (fresh_policy or (self._trace is not None and not calibrated)
+                        or policy != (self.runtime.policy_name, self.runtime.policy_params))
         with self.lock:
-            self.runtime.configure(layout, *((cfg.policy, params) if fresh_policy else ()))
+            self.runtime.configure(layout, *(policy if fresh_policy else ()))
             self.cfg, self.budget = cfg, budget
 
     def reconfigure(self, *, vram_gb=None, cache_gb=None, policy=None, split=None, policy_params=None) -> dict:
@@ -397,13 +389,20 @@ class Engine:
             "model": spec.name, "family": spec.family, "device": str(self.device),
             "cpu_mode": self.device.type == "cpu", "mode": resolve_cpu_mode(self.cfg, self.device),
             "kernels": self.kernels, "dtype": self.dtype, "quant": self.cfg.quant,
-            "policy": self.cfg.policy, "num_layers": spec.num_moe_layers, "num_experts": spec.num_experts,
+            "policy": self._policy_label(), "num_layers": spec.num_moe_layers, "num_experts": spec.num_experts,
             "top_k": spec.top_k, "intermediate_size": spec.intermediate_size,
             "expert_bytes": spec.expert_bytes(self.cfg.quant, self.dtype),
             "budgets": self.budget.to_dict(), "layout": {"source": rt.layout.source,
                                                          "prediction": rt.layout.prediction},
             "layers": layers, "totals": totals, "history": history,
         }
+
+    def _policy_label(self) -> str:
+        """The policy running, e.g. "lru", "auto: lcp-filtered" or "auto: per layer (lru x20, reuse x12)"."""
+        names = [p.policy or self.runtime.policy_name for p in self.runtime.layout.layers]
+        counts = {n: names.count(n) for n in dict.fromkeys(names)}
+        running = names[0] if len(counts) == 1 else "per layer (" + ", ".join(f"{n} x{c}" for n, c in counts.items()) + ")"
+        return f"auto: {running}" if self.cfg.policy == AUTO else running
 
     def close(self) -> None:
         self.runtime.pool = None

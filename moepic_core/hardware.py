@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 # A CPU-mode default for the solver when nothing was measured: PCIe 4.0 x16 from pinned memory.
 # Labelled "simulated" wherever it is used.
 DEFAULT_BANDWIDTH_GBPS = 25.0
+# CPU expert-compute throughput (GB/s of weight bytes) assumed when nothing was measured: a batch-1
+# expert on dual-channel DDR4 reads its weights at about this rate. Labelled "assumed" wherever used.
+DEFAULT_CPU_GBPS = 40.0
 
 
 @dataclass
@@ -28,6 +31,7 @@ class HardwareProfile:
     h2d_gbps: float | None = None              # measured pinned host->device bandwidth
     expert_compute_ms: dict | None = None      # "HxI:dtype" -> ms of one expert at batch 1
     cuda: bool = False
+    cpu_gbps: float | None = None              # measured CPU expert throughput, GB/s of weight bytes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,6 +44,27 @@ class HardwareProfile:
     @property
     def bandwidth_source(self) -> str:
         return "measured" if self.h2d_gbps else f"simulated ({DEFAULT_BANDWIDTH_GBPS:g} GB/s default)"
+
+    @property
+    def cpu_expert_gbps(self) -> float:
+        """Measured CPU expert throughput, or the documented assumed default."""
+        return self.cpu_gbps if self.cpu_gbps else DEFAULT_CPU_GBPS
+
+    @property
+    def cpu_source(self) -> str:
+        return "measured" if self.cpu_gbps else f"assumed ({DEFAULT_CPU_GBPS:g} GB/s default)"
+
+    def with_cpu_timing(self, weight_bytes: int, seconds: float) -> "HardwareProfile":
+        """The profile with `cpu_gbps` from a measurement: `weight_bytes` of expert weights computed
+        by the CPU kernels at batch 1 in `seconds` (the seam for the real kernels' measurement)."""
+        return replace(self, cpu_gbps=cpu_gbps_from_timing(weight_bytes, seconds))
+
+
+def cpu_gbps_from_timing(weight_bytes: int, seconds: float) -> float:
+    """GB/s of weight bytes (1e9 bytes/s) of a CPU expert computation."""
+    if weight_bytes <= 0 or seconds <= 0:
+        raise ValueError(f"a CPU timing needs bytes > 0 and seconds > 0, got {weight_bytes}, {seconds}")
+    return weight_bytes / seconds / 1e9
 
 
 def _nvml() -> dict:

@@ -1,11 +1,40 @@
-"""Layout: each MoE layer's expert-cache budget and split ratio, and the slots that follow from them."""
+"""Layout: each MoE layer's expert-cache budget, split ratio, placement rule and cache policy.
+
+What the runtime must do with a `LayerPlan`, per decode step of that layer (a "needed" expert is one
+the router chose; its top segment is rows `[0, r*I)`, its bottom `[r*I, I)`; at `split_ratio` 1 the
+top is the whole expert and there is no bottom):
+
+  slots, split_ratio  `slots` VRAM slots of `r*I` rows each (`budget_bytes` in all).
+  policy              the cache policy of this layer (a name registered in `cache.policies`); the
+                      directory decides hits, admissions and evictions with it. "" = the engine's own.
+  bottom_on  "link"   the bottom of a hit (and of an admitted miss) is fetched into staging and
+                      computed on the GPU after its top (today's behaviour).
+             "cpu"    the bottom is computed on the CPU from the host store, at the same time as the
+                      GPU computes the top from the slot; nothing of the expert crosses the link.
+                      Irrelevant (left "link") when `split_ratio` is 1 or `slots` is 0.
+  miss_on    "link"   a miss the policy does not admit is fetched whole and computed on the GPU.
+             "cpu"    a miss the policy does not admit is computed whole on the CPU from the host store.
+             Either way a miss the policy admits has its top rows fetched over the link into its
+             slot and computed on the GPU from there (its bottom follows `bottom_on`): the admission
+             copy is paid once, whatever computes the rest.
+  prefetch   True     while the previous layer runs, the guesses for this layer queue what the rules
+                      above would fetch for them (bottoms when `bottom_on` is "link", whole misses when
+                      `miss_on` is "link", else the top rows an admission needs), in chunks of about
+                      `costmodel.PREFETCH_CHUNK_BYTES` (whole rows); when this layer's routing shows a
+                      guess wrong, its chunks not yet started are dropped. Prefetched rows of an
+                      expert that is needed are used whatever the rule says (the sum stays exact).
+             False    no prefetch for this layer (its guesses may still be recorded for statistics).
+The output is always the exact sum of the segments, whichever worker computed each. The defaults
+(link, link, prefetch on, the engine's policy) are the runtime before the CPU path existed.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .spec import chunk_neurons
 
 SPLIT_CHUNKS = 16  # split ratios are multiples of about 1/16 of the intermediate size
+WORKERS = ("link", "cpu")  # where a LayerPlan may put a segment's computation
 
 
 def split_step(intermediate_size: int) -> int:
@@ -28,9 +57,18 @@ class LayerPlan:
     budget_bytes: int
     split_ratio: float
     slots: int
+    bottom_on: str = "link"  # "link" | "cpu": where the bottom segment of a cached expert is computed
+    miss_on: str = "link"    # "link" | "cpu": where a miss the policy does not admit is computed
+    prefetch: bool = True
+    policy: str = ""         # this layer's cache policy ("": the engine's configured one)
+
+    def __post_init__(self):
+        for name in ("bottom_on", "miss_on"):
+            if getattr(self, name) not in WORKERS:
+                raise ValueError(f"LayerPlan.{name} must be one of {', '.join(WORKERS)}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
-        return {"budget_bytes": self.budget_bytes, "split_ratio": self.split_ratio, "slots": self.slots}
+        return asdict(self)
 
 
 @dataclass
@@ -45,16 +83,26 @@ class Layout:
     def total_bytes(self) -> int:
         return sum(p.budget_bytes for p in self.layers)
 
+    def policy(self, default: str) -> tuple[str, dict]:
+        """(name, params) of the policy the directory runs: one name if every layer shares it, else
+        "per-layer" with each layer's name; layers without one take `default`."""
+        names = [p.policy or default for p in self.layers]
+        if len(set(names)) == 1:
+            return names[0], {}
+        return "per-layer", {"layers": names}
+
     def to_dict(self) -> dict:
         return {"source": self.source, "layers": [p.to_dict() for p in self.layers], "prediction": self.prediction}
 
 
-def plan_layer(budget_bytes: int, ratio: float, intermediate_size: int, row_bytes: int, num_experts: int) -> LayerPlan:
-    """Slots that fit in `budget_bytes` at `ratio`, capped at one per expert; the budget is what they use."""
+def plan_layer(budget_bytes: int, ratio: float, intermediate_size: int, row_bytes: int, num_experts: int,
+               **rules) -> LayerPlan:
+    """Slots that fit in `budget_bytes` at `ratio`, capped at one per expert; the budget is what they
+    use. `rules`: the other LayerPlan fields (placement, prefetch, policy)."""
     rows = split_rows(intermediate_size, ratio)
     slot_bytes = rows * row_bytes
     slots = min(num_experts, max(0, budget_bytes) // slot_bytes)
-    return LayerPlan(budget_bytes=slots * slot_bytes, split_ratio=rows / intermediate_size, slots=slots)
+    return LayerPlan(budget_bytes=slots * slot_bytes, split_ratio=rows / intermediate_size, slots=slots, **rules)
 
 
 def uniform_layout(cache_bytes: int, num_layers: int, ratio: float, intermediate_size: int, row_bytes: int,

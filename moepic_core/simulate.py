@@ -2,8 +2,10 @@
 
 A token's experts at a layer are looked up together (hits counted before anything is admitted) and
 never evict one another (`CacheDirectory.access`). A layer at split ratio r < 1 caches top segments,
-so its hits are top-segment hits (the bottom is still fetched); at r = 1 a hit is a whole expert.
-Time per token comes from the cost model (`costmodel`) at the measured hit rates and predictor recall.
+so its hits are top-segment hits (the bottom still follows the layer's `bottom_on`); at r = 1 a hit
+is a whole expert. Time per token comes from the cost model (`costmodel`) at the measured hit and
+admission rates, the layer's placement rules and the predictor recall. `--policy auto` runs every
+policy and keeps the fastest (with `--split auto`, the solver's choice, per layer where it mixed).
 
     python -m moepic_core.simulate --trace FILE --preset mixtral-8x7b --cache-gb 8 --policy lru --split 1
 """
@@ -15,59 +17,59 @@ import sys
 
 import numpy as np
 
-from .costmodel import build_cost_model
+from .cache.policies import AUTO, POLICIES
+from .costmodel import build_cost_model, placement_index
 from .layout import Layout, uniform_layout
-from .replay import ORACLE, activations, replay_hits
+from .planning import AUTO_POLICIES, fit_trace, model_accuracy
+from .replay import ORACLE, activations, replay_counts
 from .trace import RoutingTrace
 
-POLICY_CHOICES = ("lcp", "lru", "lfu", "static", ORACLE)
+POLICY_CHOICES = (AUTO, *(p for p in POLICIES if p != "per-layer"), ORACLE)
 
 
-def fit_trace(trace: RoutingTrace, spec) -> RoutingTrace:
-    """The trace with one layer per MoE layer of `spec` (a trace of another depth is stretched)."""
-    if trace.num_experts != spec.num_experts:
-        raise ValueError(f"trace has {trace.num_experts} experts per layer, {spec.name} has {spec.num_experts}")
-    L = spec.num_moe_layers
-    if trace.num_layers == L:
-        return trace
-    return trace.layers(np.arange(L) * trace.num_layers // L)
-
-
-def simulate(trace: RoutingTrace, spec, layout: Layout, *, policy: str = "lcp", bandwidth_gbps: float = 25.0,
-             quant: str = "none", dtype: str = "float16", prefetch_accuracy: float | None = None,
-             compute_ms: dict | None = None, **policy_params) -> dict:
-    """Per-layer and total hits, bytes per token and modeled ms per token (module doc)."""
-    from .solver import model_accuracy
-
-    trace = fit_trace(trace, spec)
+def simulate(trace: RoutingTrace, spec, layout: Layout, *, policy: str = "lru", bandwidth_gbps: float = 25.0,
+             cpu_gbps: float = 0.0, quant: str = "none", dtype: str = "float16",
+             prefetch_accuracy: float | None = None, compute_ms: dict | None = None, **policy_params) -> dict:
+    """Per-layer and total hits, bytes per token and modeled ms per token (module doc). Layers whose
+    plan names a policy run it; the others run `policy`."""
+    fit_trace(trace, spec)
     L = spec.num_moe_layers
     if len(layout.layers) != L:
         raise ValueError(f"layout has {len(layout.layers)} layers, {spec.name} has {L} MoE layers")
+    if policy == AUTO and not all(p.policy for p in layout.layers):
+        return min((simulate(trace, spec, layout, policy=p, bandwidth_gbps=bandwidth_gbps, cpu_gbps=cpu_gbps,
+                             quant=quant, dtype=dtype, prefetch_accuracy=prefetch_accuracy, compute_ms=compute_ms,
+                             **policy_params) for p in AUTO_POLICIES), key=lambda rep: rep["ms_per_token"])
+    name, params = layout.policy(policy)
     slots = [p.slots for p in layout.layers]
     ratios = [p.split_ratio if p.slots else 1.0 for p in layout.layers]
-    hits = replay_hits(trace, slots, policy, **policy_params)
-    acts = activations(trace)
+    hits, admitted = (x[0] for x in replay_counts(trace, [slots], name, **{**policy_params, **params}))
+    acts = np.maximum(1, activations(trace))
     acc = model_accuracy(spec, trace, prefetch_accuracy)
     cm = build_cost_model(spec, np.zeros((L, spec.num_experts + 1)), acc, bandwidth_gbps=bandwidth_gbps,
-                          quant=quant, dtype=dtype, compute_ms=compute_ms)
+                          cpu_gbps=cpu_gbps, quant=quant, dtype=dtype, compute_ms=compute_ms)
     layers, window = [], cm.first_window
-    for l in range(L):
-        h = float(hits[l] / max(1, acts[l]))
-        ms, _, moved = cm.layer(l, h, ratios[l], window)
-        window = float(cm.window(h, ratios[l]))
+    for l, plan in enumerate(layout.layers):
+        h, a = hits[l] / acts[l], admitted[l] / acts[l]
+        q = placement_index(plan.bottom_on == "cpu", plan.miss_on == "cpu", plan.prefetch)
+        x = cm.layer(l, h, a, ratios[l], q, window)
+        window = float(x["window"])
         full = int(hits[l]) if ratios[l] >= 1.0 else 0
-        layers.append({"layer": l, "slots": slots[l], "split_ratio": ratios[l],
-                       "budget_bytes": layout.layers[l].budget_bytes, "top_hits": int(hits[l]) - full,
-                       "full_hits": full, "misses": int(acts[l] - hits[l]), "hit_rate": h,
-                       "full_hit_rate": full / max(1, acts[l]), "prefetch_recall": float(acc[l]),
-                       "bytes_per_token": float(moved), "ms": float(ms)})
-    total = max(1, int(acts.sum()))
-    return {"policy": policy, "tokens": trace.num_tokens, "bandwidth_gbps": bandwidth_gbps, "quant": quant,
-            "hit_rate": float(hits.sum() / total),
-            "full_hit_rate": sum(x["full_hits"] for x in layers) / total,
+        layers.append({"layer": spec.moe_layers[l], "slots": slots[l], "split_ratio": ratios[l],
+                       "policy": plan.policy or name, "bottom_on": plan.bottom_on, "miss_on": plan.miss_on,
+                       "prefetch": plan.prefetch, "budget_bytes": plan.budget_bytes, "top_hits": int(hits[l]) - full,
+                       "full_hits": full, "misses": int(acts[l] - hits[l]), "admitted": int(admitted[l]),
+                       "hit_rate": float(h), "full_hit_rate": full / acts[l], "prefetch_recall": float(acc[l]),
+                       "bytes_per_token": float(x["bytes"]), "cpu_bytes_per_token": float(x["cpu_bytes"]),
+                       "ms": float(x["ms"])})
+    total = int(acts.sum())
+    ms = cm.other_ms + sum(x["ms"] for x in layers)
+    return {"policy": name if name != "per-layer" else "per-layer", "tokens": trace.num_tokens,
+            "bandwidth_gbps": bandwidth_gbps, "cpu_gbps": cpu_gbps, "quant": quant,
+            "hit_rate": float(hits.sum() / total), "full_hit_rate": sum(x["full_hits"] for x in layers) / total,
             "bytes_per_token": sum(x["bytes_per_token"] for x in layers),
-            "ms_per_token": cm.other_ms + sum(x["ms"] for x in layers),
-            "cache_bytes": layout.total_bytes, "layers": layers}
+            "cpu_bytes_per_token": sum(x["cpu_bytes_per_token"] for x in layers),
+            "ms_per_token": ms, "tokens_per_s": 1e3 / ms, "cache_bytes": layout.total_bytes, "layers": layers}
 
 
 def uniform_split_layout(spec, cache_bytes: int, ratio: float, quant: str = "none", dtype: str = "float16") -> Layout:
@@ -80,6 +82,8 @@ def uniform_split_layout(spec, cache_bytes: int, ratio: float, quant: str = "non
 def add_model_args(ap: argparse.ArgumentParser, trace_required: bool) -> None:
     """Flags shared with `python -m moepic_core.solve`."""
     ap.add_argument("--trace", required=trace_required, help="routing trace .npz")
+    ap.add_argument("--resample-trace", action="store_true",
+                    help="stretch a trace with another number of MoE layers over the model's (else refused)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="model preset name")
     src.add_argument("--model", help="model folder (config.json)")
@@ -87,6 +91,9 @@ def add_model_args(ap: argparse.ArgumentParser, trace_required: bool) -> None:
     bud.add_argument("--vram-gb", type=float, help="all the VRAM the engine may use (dense part, KV, staging, cache)")
     bud.add_argument("--cache-gb", type=float, help="expert-cache budget")
     ap.add_argument("--bandwidth-gbps", type=float, default=25.0, help="host-to-device GB/s (default 25, PCIe 4.0)")
+    ap.add_argument("--cpu-gbps", type=float, default=None,
+                    help="CPU expert-compute throughput, GB/s of weight bytes; 0: no CPU path "
+                         "(default: the hardware profile's, measured or assumed)")
     ap.add_argument("--quant", choices=("none", "int8", "int4"), default="none")
     ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     ap.add_argument("--prefetch-accuracy", type=float, default=None,
@@ -95,8 +102,8 @@ def add_model_args(ap: argparse.ArgumentParser, trace_required: bool) -> None:
 
 
 def resolve_model(args):
-    """(spec, cache_bytes, budget note) from --preset/--model and --vram-gb/--cache-gb."""
-    from .solve import cache_budget_from_vram
+    """(spec, budget) from --preset/--model and --vram-gb/--cache-gb (`budget.plan_budget`)."""
+    from .budget import plan_budget
 
     if args.preset:
         from .presets import get_preset
@@ -107,48 +114,68 @@ def resolve_model(args):
         except ImportError as exc:
             raise ValueError(f"--model needs moepic_core.models.load_spec, not available here ({exc}); use --preset") from exc
         spec = load_spec(args.model)
-    if args.cache_gb is not None:
-        if args.cache_gb < 0:
-            raise ValueError("--cache-gb must be >= 0")
-        return spec, int(args.cache_gb * 1e9), "cache budget given"
-    cache, note = cache_budget_from_vram(spec, int(args.vram_gb * 1e9), args.quant, args.dtype)
-    return spec, cache, note
+    if args.cache_gb is not None and args.cache_gb < 0:
+        raise ValueError("--cache-gb must be >= 0")
+    return spec, plan_budget(spec, quant=args.quant, dtype=args.dtype,
+                             vram_bytes=None if args.vram_gb is None else int(args.vram_gb * 1e9),
+                             cache_bytes=None if args.cache_gb is None else int(args.cache_gb * 1e9))
+
+
+def resolve_cpu_gbps(args) -> tuple[float, str]:
+    """(--cpu-gbps, "given"), else the hardware profile's value and where it comes from."""
+    if args.cpu_gbps is not None:
+        if args.cpu_gbps < 0:
+            raise ValueError(f"--cpu-gbps must be >= 0 (0: no CPU path), got {args.cpu_gbps}")
+        return args.cpu_gbps, "given"
+    from .hardware import detect
+
+    hw = detect()
+    return hw.cpu_expert_gbps, hw.cpu_source
+
+
+def load_trace(args, spec) -> RoutingTrace:
+    """--trace, refused (one line naming both shapes) unless it fits `spec` or --resample-trace."""
+    return fit_trace(RoutingTrace.load(args.trace), spec, resample=args.resample_trace)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m moepic_core.simulate", description=__doc__.splitlines()[0])
     add_model_args(ap, trace_required=True)
-    ap.add_argument("--policy", choices=POLICY_CHOICES, default="lcp")
-    ap.add_argument("--split", default="auto", help="R in (0, 1]: every layer the same budget at ratio R; "
-                                                     "auto: the solver's layout (default)")
+    ap.add_argument("--policy", choices=POLICY_CHOICES, default=AUTO,
+                    help="cache policy, or auto (default): the fastest of them on this trace")
+    ap.add_argument("--split", default="auto", help="R in (0, 1]: every layer the same budget at ratio R, "
+                                                     "everything over the link; auto: the solver's layout (default)")
     args = ap.parse_args(argv)
     try:
-        spec, cache_bytes, note = resolve_model(args)
-        trace = fit_trace(RoutingTrace.load(args.trace), spec)
+        spec, budget = resolve_model(args)
+        trace = load_trace(args, spec)
+        cpu, _ = resolve_cpu_gbps(args)
+        kw = dict(bandwidth_gbps=args.bandwidth_gbps, cpu_gbps=cpu, quant=args.quant, dtype=args.dtype,
+                  prefetch_accuracy=args.prefetch_accuracy)
         if args.split == "auto":
-            from .solver import solve_layout
-            layout = solve_layout(spec, cache_bytes, bandwidth_gbps=args.bandwidth_gbps, trace=trace,
-                                  policy=args.policy, quant=args.quant, dtype=args.dtype,
-                                  prefetch_accuracy=args.prefetch_accuracy)
+            from .planning import solve_layout
+            layout = solve_layout(spec, budget.cache_bytes, trace=trace, policy=args.policy, **kw)
         else:
-            layout = uniform_split_layout(spec, cache_bytes, float(args.split), args.quant, args.dtype)
-        report = simulate(trace, spec, layout, policy=args.policy, bandwidth_gbps=args.bandwidth_gbps,
-                          quant=args.quant, dtype=args.dtype, prefetch_accuracy=args.prefetch_accuracy)
+            layout = uniform_split_layout(spec, budget.cache_bytes, float(args.split), args.quant, args.dtype)
+        report = simulate(trace, spec, layout, policy=args.policy, **kw)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report.update(model=spec.name, split=args.split, budget_note=note)
+    report.update(model=spec.name, split=args.split, budget_note=budget.note())
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
-    print(f"{spec.name}  policy {args.policy}  split {args.split}  cache {cache_bytes / 1e9:.2f} GB ({note})  "
-          f"{args.bandwidth_gbps:g} GB/s  {report['tokens']} tokens")
-    print(f"{'layer':>5} {'slots':>5} {'ratio':>6} {'hit':>6} {'full':>6} {'MB/tok':>8} {'ms':>8}")
+    print(f"{spec.name}  policy {report['policy']}  split {args.split}  cache {budget.cache_bytes / 1e9:.2f} GB "
+          f"({budget.note()})  link {args.bandwidth_gbps:g} GB/s  CPU {cpu:g} GB/s  {report['tokens']} tokens")
+    print(f"{'layer':>5} {'slots':>5} {'ratio':>6} {'policy':>12} {'bottom':>6} {'miss':>5} {'hit':>6} {'full':>6} "
+          f"{'MB/tok':>8} {'ms':>8}")
     for x in report["layers"]:
-        print(f"{x['layer']:>5} {x['slots']:>5} {x['split_ratio']:>6.3f} {x['hit_rate']:>6.1%} "
-              f"{x['full_hit_rate']:>6.1%} {x['bytes_per_token'] / 1e6:>8.1f} {x['ms']:>8.2f}")
+        print(f"{x['layer']:>5} {x['slots']:>5} {x['split_ratio']:>6.3f} {x['policy']:>12} {x['bottom_on']:>6} "
+              f"{x['miss_on']:>5} {x['hit_rate']:>6.1%} {x['full_hit_rate']:>6.1%} "
+              f"{x['bytes_per_token'] / 1e6:>8.1f} {x['ms']:>8.2f}")
     print(f"hit rate {report['hit_rate']:.1%} (whole-expert {report['full_hit_rate']:.1%}), "
-          f"{report['bytes_per_token'] / 1e6:.1f} MB/token, {report['ms_per_token']:.1f} ms/token (modeled)")
+          f"{report['bytes_per_token'] / 1e6:.1f} MB/token over the link, {report['cpu_bytes_per_token'] / 1e6:.1f} "
+          f"MB/token on the CPU, {report['ms_per_token']:.1f} ms/token = {report['tokens_per_s']:.1f} tok/s (modeled)")
     return 0
 
 

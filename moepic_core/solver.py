@@ -1,20 +1,24 @@
-"""Per-layer cache budgets and split ratios that minimise the modeled decode time (see `costmodel`).
+"""Per-layer cache budgets, split ratios, placement rules and policies that minimise the modeled decode
+time (see `costmodel`).
 
-Budgets are counted in units of one split chunk (`I/16` rows of an expert); a layer's choice is
-`(C slots, split m)` using `C * slot_units[m]` units. `C = 0` and `r = 1` are always candidates.
+Budgets are counted in units of one split chunk (`I/16` rows of an expert). A layer's config is
+`(policy p, C slots, split m, placement q)` using `C * slot_units[m]` units; `C = 0` and `r = 1` are
+always candidates, the placement's bottom rule only exists where a layer is split.
 
-`optimize` — divide and conquer over layers with a fixed-point iteration:
-  * inner (exact for fixed windows): each layer's best cost for every budget `u` (its best ratio at
-    that budget); halves of the layer range are solved recursively and merged by a min-plus
+`optimize` — divide and conquer over layers inside coordinate steps on the layers' configs:
+  * inner (exact for fixed neighbours): each layer's best cost for every budget `u` (its best config
+    at that budget); halves of the layer range are solved recursively and merged by a min-plus
     convolution of their cost-vs-budget curves, so the root curve gives the best cost of the whole
-    model at every total budget. Its slope at the budget is the price of VRAM (ms per GB) that a
-    Lagrangian iteration would search for; the merge gets it without the duality gap that a price
-    alone leaves on non-concave hit-rate curves.
-  * outer (fixed point on each layer's ratio): a layer's prefetch window depends on the previous
-    layer's hit rate and ratio. Each round holds the neighbours at the last layout: a layer's cost
-    table is its own time (window from layer l-1) plus layer l+1's time under the window it leaves;
-    the inner step re-runs until the layout repeats (a few rounds), from two starting guesses
-    (uniform whole experts; nothing cached). The best layout seen, by the coupled model, wins.
+    range at every total budget (no duality gap on non-concave hit-rate curves, as a price of VRAM
+    alone would leave).
+  * outer: a layer's time depends on its predecessor's config (the prefetch window it leaves). With
+    the odd layers held, the even layers' costs (own time + the next layer's time under the window
+    they leave) separate exactly, so one inner solve finds their best configs and budgets; then the
+    odd layers; repeated until the modeled time stops falling. Two further steps move what that
+    cannot: all layers at once with their neighbours held (moves budget between even and odd
+    layers), and an exact DP over candidates near the current layout (its configs in every
+    placement, and the best configs at budgets within NEAR experts of each layer's own). Started
+    from the best uniform layout, so never worse than it.
 `exact_optimum` — the reference: a dynamic program over (units used, previous layer's config), exact
 for the coupled model. `uniform` / `best_uniform` — the baselines.
 """
@@ -25,32 +29,120 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .costmodel import CostModel
+from .costmodel import PLACEMENTS, CostModel
 
 MAX_ROUNDS = 6
-MAX_UNITS = 2048  # larger budgets are counted in units of 2, 4, 8 or 16 chunks (fewer split ratios)
+NEAR = 3  # whole experts of budget either side of a layer's own that the neighbourhood step considers
+MAX_UNITS = 128    # the search counts budgets in units of 1, 2, 4, ... chunks: at most this many units,
+FINE_UNITS = 1024  # then refines its layout in units of at most this many (coarse units allow fewer slot counts)
+# the placement with the same miss rule and prefetch but no bottom rule (for r = 1 and C = 0)
+NO_BOTTOM = np.array([np.nonzero((PLACEMENTS[:, 0] == 0) & (PLACEMENTS[:, 1:] == row[1:]).all(1))[0][0]
+                      for row in PLACEMENTS])
 
 
 @dataclass
 class Solution:
     slots: list[int]
     split: list[int]              # index into CostModel.ratios per layer
+    place: list[int]              # index into costmodel.PLACEMENTS per layer
+    policy: list[int]             # index into CostModel.policies per layer
     ms_per_token: float
     detail: dict = field(default_factory=dict)
 
 
-def _configs(cm: CostModel):
-    """All (C, m) choices of a layer: C = 0 once (at r = 1), else C in 1..E at every split."""
-    E, M = cm.num_experts, len(cm.ratios)
-    C = np.concatenate([[0], np.repeat(np.arange(1, E + 1), M)])
-    m = np.concatenate([[M - 1], np.tile(np.arange(M), E)])
-    return C, m, C * cm.slot_units[m]
+@dataclass
+class Configs:
+    """Every config a layer may take, as parallel arrays [X]."""
+
+    p: np.ndarray
+    C: np.ndarray
+    m: np.ndarray
+    q: np.ndarray
+    units: np.ndarray
+
+    def take(self, idx) -> "Configs":
+        return Configs(*(a[idx] for a in (self.p, self.C, self.m, self.q, self.units)))
 
 
-def _layer_table(cm: CostModel, cost: np.ndarray, cap: int):
-    """Best (cost, config index) of a layer for every budget u = 0..min(cap, max useful units),
-    from `cost` of every config (`_configs` order)."""
-    C, m, units = _configs(cm)
+def configs(cm: CostModel, factor: int = 1) -> Configs:
+    """C = 0 once (one policy, r = 1); C in 1..E at every policy and split; placements allowed, the
+    bottom rule only where r < 1. Budgets in units of `factor` chunks: configs whose slots do not
+    fill whole units are left out."""
+    P, E, M = len(cm.policies), cm.num_experts, len(cm.ratios)
+    allowed = np.nonzero(cm.placements)[0]
+    whole = allowed[~PLACEMENTS[allowed, 0]]
+    parts = [np.stack(np.meshgrid([0], [0], [M - 1], whole, indexing="ij")).reshape(4, -1),
+             np.stack(np.meshgrid(range(P), range(1, E + 1), [M - 1], whole, indexing="ij")).reshape(4, -1)]
+    if M > 1:
+        parts.append(np.stack(np.meshgrid(range(P), range(1, E + 1), range(M - 1), allowed,
+                                          indexing="ij")).reshape(4, -1))
+    p, C, m, q = np.concatenate(parts, axis=1)
+    chunks = C * cm.slot_units[m]
+    keep = chunks % factor == 0
+    return Configs(p[keep], C[keep], m[keep], q[keep], chunks[keep] // factor)
+
+
+def budget_factor(cm: CostModel, units: int, max_units: int) -> int:
+    """Chunks per budget unit: the slots' common divisor, doubled until at most `max_units` units."""
+    factor = int(np.gcd.reduce(cm.slot_units))
+    while units // factor > max_units:
+        factor *= 2
+    return factor
+
+
+def restrict(cm: CostModel, policies=None, whole_only: bool = False, placements=None) -> CostModel:
+    """`cm` over some policies (indices), only r = 1, or only some placements (bool mask)."""
+    kw = {}
+    if policies is not None:
+        kw.update(hit=cm.hit[policies], admit=cm.admit[policies], policies=tuple(cm.policies[i] for i in policies))
+    if whole_only:
+        kw.update(ratios=cm.ratios[-1:], slot_units=cm.slot_units[-1:])
+    if placements is not None:
+        kw["placements"] = cm.placements & placements
+    return replace(cm, **kw)
+
+
+def mixed(cm: CostModel, policy_of_layer) -> CostModel:
+    """A one-policy model whose curves at layer l are those of policy `policy_of_layer[l]`."""
+    lay = np.arange(cm.num_layers)
+    pick = np.asarray(policy_of_layer)
+    return replace(cm, hit=cm.hit[pick, lay][None], admit=cm.admit[pick, lay][None], policies=("per-layer",))
+
+
+def layer_policies(cm: CostModel, units: int, sol: Solution) -> np.ndarray:
+    """Per layer, the policy whose cost-vs-budget curve (neighbours held at `sol`) is lowest on average
+    over budgets 0 .. twice the fair share (ties: the policy `sol` has there)."""
+    search = _Search(cm, units, FINE_UNITS)
+    cfg, cost = search.cfg, search.costs(search.index(sol))
+    span = 2 * search.units // cm.num_layers + 1
+    out = []
+    for l in range(cm.num_layers):
+        area = []
+        for p in range(len(cm.policies)):
+            own = (cfg.p == p) | (cfg.C == 0)
+            run = _layer_table(np.where(own, cost[l], np.inf), cfg.units, cfg.m, span)[0]
+            area.append(run[np.isfinite(run)].mean())
+        out.append(sol.policy[l] if area[sol.policy[l]] <= min(area) else int(np.argmin(area)))
+    return np.array(out)
+
+
+def chain(cm: CostModel, p, C, m, q) -> dict:
+    """ms per token (and per layer) of a batch of layouts, arrays [B, L] of config fields."""
+    p, C, m, q = (np.atleast_2d(np.asarray(v)) for v in (p, C, m, q))
+    L = cm.num_layers
+    window = np.full(p.shape[0], cm.first_window)
+    per_layer = []
+    for l in range(L):
+        x = cm.layer(l, cm.hit[p[:, l], l, C[:, l]], cm.admit[p[:, l], l, C[:, l]], cm.ratios[m[:, l]], q[:, l], window)
+        per_layer.append(x["ms"])
+        window = x["window"]
+    per_layer = np.stack(per_layer, axis=1)
+    return {"ms": cm.other_ms + per_layer.sum(axis=1), "layers": per_layer}
+
+
+def _layer_table(cost: np.ndarray, units: np.ndarray, m: np.ndarray, cap: int):
+    """Best (cost, config index) of a layer for every budget u = 0..min(cap, max useful units), from
+    `cost` of every config."""
     n = int(min(cap, units.max()))
     idx = np.nonzero(units <= n)[0]
     # per exact unit count: the cheapest config (ties: larger ratio)
@@ -67,19 +159,10 @@ def _layer_table(cm: CostModel, cost: np.ndarray, cap: int):
     return run, arg[pos]
 
 
-def _config_costs(cm: CostModel, slots, split) -> list[np.ndarray]:
-    """Per layer, the cost of every config with the neighbours held at (slots, split): the layer's own
-    time (its window set by layer l-1) plus layer l+1's time under the window this config leaves."""
-    C, m, _ = _configs(cm)
-    h_own, r = cm.hit[:, C], cm.ratios[m]
-    costs = []
-    for l, w in enumerate(_windows(cm, slots, split)):
-        cost = cm.layer(l, h_own[l], r, w)[0]
-        if l + 1 < cm.num_layers:
-            nxt_h, nxt_r = cm.hit[l + 1, slots[l + 1]], cm.ratios[split[l + 1]]
-            cost = cost + cm.layer(l + 1, nxt_h, nxt_r, cm.window(h_own[l], r))[0]
-        costs.append(cost)
-    return costs
+def _solution(cm: CostModel, sel: Configs) -> Solution:
+    ms = float(chain(cm, sel.p, sel.C, sel.m, sel.q)["ms"][0])
+    return Solution([int(c) for c in sel.C], [int(x) for x in sel.m], [int(x) for x in sel.q],
+                    [int(x) for x in sel.p], ms)
 
 
 def _merge(fa: np.ndarray, fb: np.ndarray, cap: int, block: int = 256):
@@ -127,204 +210,191 @@ def _recover(tree, u: int, out: dict):
     _recover(tb, min(u - v, nb), out)
 
 
-def _windows(cm: CostModel, slots, split) -> list[float]:
-    w = [cm.first_window]
-    for l in range(cm.num_layers - 1):
-        w.append(float(cm.window(cm.hit[l, slots[l]], cm.ratios[split[l]])))
-    return w
+def _chain_dp(cm: CostModel, parts, cu: np.ndarray, cands: list[np.ndarray], units: int) -> np.ndarray:
+    """Exact minimum over configs `cands[l]` per layer (indices into `parts` [L, X] and their units
+    `cu`) within `units`: a DP over (units used, previous layer's config). Returns each layer's index."""
+    first = parts.take((0, cands[0]))
+    dp = np.full((len(cands[0]), units + 1), np.inf)
+    dp[np.arange(len(cands[0])), cu[cands[0]]] = cm.time(first, cm.first_window)[0]
+    win, back = first.window, []
+    for l in range(1, cm.num_layers):
+        c = cands[l]
+        cost = cm.time(parts.take((l, c[:, None])), win[None, :])[0]  # [this, previous]
+        new = np.full((len(c), units + 1), np.inf)
+        bp = np.zeros((len(c), units + 1), np.int32)
+        for i, x in enumerate(c):
+            tot = dp + cost[i][:, None]                             # [previous, u]
+            p = tot.argmin(axis=0)
+            val = tot[p, np.arange(units + 1)]
+            new[i, cu[x]:] = val[:units + 1 - cu[x]]
+            bp[i, cu[x]:] = p[:units + 1 - cu[x]]
+        back.append(bp)
+        dp, win = new, parts.window[l, c]                           # the window rests on the config alone
+    i, u = np.unravel_index(np.argmin(dp), dp.shape)
+    picks = [int(cands[-1][i])]
+    for l in range(cm.num_layers - 1, 0, -1):
+        prev = int(back[l - 1][i, u])
+        u -= int(cu[cands[l][i]])
+        i = prev
+        picks.append(int(cands[l - 1][i]))
+    return np.array(picks[::-1])
 
 
-def optimize(cm: CostModel, units: int) -> Solution:
-    """Divide-and-conquer over layers with fixed-point rounds on each layer's ratio (module doc),
-    started from two guesses of the neighbours (uniform whole experts; nothing cached)."""
-    start = time.perf_counter()
-    L, units = cm.num_layers, max(0, int(units))
-    fine, fine_units = cm, units
-    coarse = 1
-    while units // coarse > MAX_UNITS and coarse < 16 and len(cm.ratios) > 1:
-        coarse *= 2
-    if coarse > 1:  # count budgets in units of `coarse` chunks; keep the ratios that fill them exactly
-        keep = (cm.slot_units % coarse == 0) | (np.arange(len(cm.ratios)) == len(cm.ratios) - 1)
-        cm = replace(cm, ratios=cm.ratios[keep], slot_units=-(-cm.slot_units[keep] // coarse),
-                     unit_bytes=cm.unit_bytes * coarse)
-        units //= coarse
-    C_all, m_all, _ = _configs(cm)
-    full = len(cm.ratios) - 1
-    per = min(cm.num_experts, units // max(1, L) // int(cm.slot_units[full]))
-    best, rounds, price = None, 0, 0.0
-    for slots, split in (([per] * L, [full] * L), ([0] * L, [full] * L)):
-        seen = set()
+def _parts(cm: CostModel, cfg: Configs):
+    """LayerParts of every layer and config: arrays [L, X]."""
+    lay = np.arange(cm.num_layers)[:, None]
+    return cm.parts(lay, cm.hit[cfg.p[None, :], lay, cfg.C[None, :]], cm.admit[cfg.p[None, :], lay, cfg.C[None, :]],
+                    cm.ratios[cfg.m][None, :], cfg.q[None, :])
+
+
+class _Search:
+    """One optimisation: the model, its configs at a budget unit, their parts, the budget."""
+
+    def __init__(self, cm: CostModel, units: int, max_units: int):
+        self.cm, self.factor = cm, budget_factor(cm, units, max_units)
+        self.units = units // self.factor
+        self.cfg = configs(cm, self.factor)
+        self.parts = _parts(cm, self.cfg)
+        self.layers = np.arange(cm.num_layers)
+        self.rounds = 0
+
+    def windows(self, pick: np.ndarray) -> np.ndarray:
+        return np.concatenate([[self.cm.first_window], self.parts.window[self.layers[:-1], pick[:-1]]])
+
+    def ms(self, pick: np.ndarray) -> float:
+        return self.cm.other_ms + float(self.cm.time(self.parts.take((self.layers, pick)), self.windows(pick))[0].sum())
+
+    def costs(self, pick: np.ndarray) -> np.ndarray:
+        """[L, X]: per layer, the cost of every config with the neighbours held at `pick`: the
+        layer's own time (its window set by layer l-1) plus layer l+1's time under the window it leaves."""
+        cost = self.cm.time(self.parts, self.windows(pick)[:, None])[0]
+        held = self.parts.take((self.layers[1:, None], pick[1:, None]))
+        cost[:-1] += self.cm.time(held, self.parts.window[:-1])[0]
+        return cost
+
+    def index(self, sol: Solution) -> np.ndarray:
+        """Config indices of a solution, each layer's slots rounded down to whole budget units."""
+        c, M = self.cfg, len(self.cm.ratios)
+        out = []
+        for p, C, m, q in zip(sol.policy, sol.slots, sol.split, sol.place):
+            p, m = (p, m) if C else (0, M - 1)
+            ok = np.nonzero((c.p == p) & (c.m == m) & (c.q == q) & (c.C <= C))[0]
+            if not len(ok):  # nothing of this split fits a whole unit: cache nothing
+                ok = np.nonzero((c.C == 0) & (c.q == NO_BOTTOM[q]))[0]
+            out.append(ok[np.argmax(c.C[ok])])
+        return np.array(out)
+
+    def solve_free(self, pick: np.ndarray, free: np.ndarray) -> np.ndarray:
+        """The best configs of layers `free` with the others held (exact when no two free layers are
+        neighbours), by the divide and conquer."""
+        self.rounds += 1
+        cfg = self.cfg
+        cap = self.units - int(cfg.units[pick[np.setdiff1d(self.layers, free)]].sum())
+        tables = [_layer_table(cost, cfg.units, cfg.m, cap) for cost in self.costs(pick)[free]]
+        _, tree = _divide(tables, 0, len(free), cap)
+        budgets: dict[int, int] = {}
+        _recover(tree, cap, budgets)
+        pick = pick.copy()
+        pick[free] = [t[1][min(budgets[i], len(t[1]) - 1)] for i, t in enumerate(tables)]
+        return pick
+
+    def around(self, pick: np.ndarray, near: int) -> np.ndarray:
+        """The best layout over candidates near `pick`, exactly (`_chain_dp`): per layer its config in
+        every placement, and the best configs (neighbours held; or the link idle before it) at budgets
+        within NEAR whole experts of its own."""
+        cm, cfg = self.cm, self.cfg
+        self.rounds += 1
+        wide = cm.time(self.parts, np.inf)[0]  # configs that pay only once the previous layer leaves the link idle
+        reach = near * int(cm.slot_units[-1]) // self.factor
+        cands = []
+        for l, (held, idle) in enumerate(zip(self.costs(pick), wide)):
+            x, b = pick[l], int(cfg.units[pick[l]])
+            near = [_layer_table(c, cfg.units, cfg.m, self.units)[1][max(0, b - reach):b + reach + 1]
+                    for c in (held, idle)]
+            same = np.nonzero((cfg.p == cfg.p[x]) & (cfg.C == cfg.C[x]) & (cfg.m == cfg.m[x]))[0]
+            cands.append(np.unique(np.concatenate([*near, same, [x]])))
+        return _chain_dp(cm, self.parts, cfg.units, cands, self.units)
+
+    def polish(self, pick: np.ndarray) -> tuple[np.ndarray, float]:
+        """Exact steps on the even layers, then the odd ones, until the modeled time stops falling."""
+        ms = self.ms(pick)
         for _ in range(MAX_ROUNDS):
-            rounds += 1
-            tables = [_layer_table(cm, cost, units) for cost in _config_costs(cm, slots, split)]
-            curve, tree = _divide(tables, 0, L, units)
-            budgets: dict[int, int] = {}
-            _recover(tree, units, budgets)
-            pick = [int(tables[l][1][budgets[l]]) for l in range(L)]
-            slots, split = [int(C_all[i]) for i in pick], [int(m_all[i]) for i in pick]
-            ms = cm.evaluate(slots, split)["ms_per_token"]
-            if best is None or ms < best.ms_per_token - 1e-12:
-                best = Solution(slots, split, ms)
-                top = len(curve) - 1
-                step = min(top, int(cm.slot_units[full]))
-                # marginal ms/token of one more expert's worth of VRAM, per GB, at the budget
-                price = (curve[top - step] - curve[top]) / (step * cm.unit_bytes / 1e9) if step else 0.0
-            key = (tuple(slots), tuple(split))
-            if key in seen:
+            for parity in (0, 1):
+                if len(self.layers[parity::2]):
+                    pick = self.solve_free(pick, self.layers[parity::2])
+            new = self.ms(pick)
+            done = new >= ms * (1 - 1e-9)
+            ms = min(ms, new)
+            if done:
                 break
-            seen.add(key)
-    if coarse > 1:  # back to the caller's split indices
-        kept = np.nonzero(keep)[0]
-        best.split = [int(kept[m]) for m in best.split]
-    for base in (uniform(fine, fine_units), best_uniform(fine, fine_units)):  # never worse than the baselines
-        if base.ms_per_token < best.ms_per_token - 1e-12:
-            best = base
-    best.detail = {"rounds": rounds, "price_ms_per_gb": float(price), "budget_unit_bytes": int(cm.unit_bytes),
-                   "solve_s": time.perf_counter() - start}
-    return best
+        return pick, ms
+
+    def run(self, start: np.ndarray, near: int = 0) -> tuple[np.ndarray, float]:
+        """Polish `start`; then, while they pay, a step over the neighbourhood and a step on all layers
+        at once, each polished."""
+        pick, ms = self.polish(start)
+        for _ in range(MAX_ROUNDS):
+            gain = False
+            for step in (lambda p: self.around(p, near or NEAR), lambda p: self.solve_free(p, self.layers)):
+                cand, new = self.polish(step(pick))
+                if new < ms * (1 - 1e-9):
+                    pick, ms, gain = cand, new, True
+            if not gain:
+                break
+        return pick, ms
+
+
+def optimize(cm: CostModel, units: int, start: Solution | None = None) -> Solution:
+    """Divide and conquer inside coordinate steps (module doc): the full search in coarse budget units
+    from the best uniform layout (and `start`, if given), then exact steps in fine units from there
+    and from the uniform layout. Never worse than the uniform layout or `start`."""
+    began = time.perf_counter()
+    units = max(0, int(units))
+    base = best_uniform(cm, units)
+    starts = [base] + ([start] if start is not None else [])
+    coarse = _Search(cm, units, MAX_UNITS)
+    found = [_solution(cm, coarse.cfg.take(coarse.run(coarse.index(s))[0])) for s in starts]
+    fine = _Search(cm, units, FINE_UNITS)
+    picks = [fine.polish(fine.index(s))[0] for s in found + starts]
+    sol = min([_solution(cm, fine.cfg.take(p)) for p in picks] + starts, key=lambda s: s.ms_per_token)
+    sol.detail = {"rounds": coarse.rounds + fine.rounds, "solve_s": time.perf_counter() - began}
+    return sol
 
 
 def exact_optimum(cm: CostModel, units: int) -> Solution:
     """Exact minimum of the coupled model: DP over (units used, previous layer's config)."""
-    L, units = cm.num_layers, max(0, int(units))
-    C, m, cu = _configs(cm)
-    ok = cu <= units
-    C, m, cu = C[ok], m[ok], cu[ok]
-    X = len(C)
-    r = cm.ratios[m]
-    dp = np.full((X, units + 1), np.inf)
-    dp[np.arange(X), cu] = cm.layer(0, cm.hit[0, C], r, cm.first_window)[0]
-    back = []
-    for l in range(1, L):
-        win = cm.window(cm.hit[l - 1, C], r)                        # [X] window after each prev config
-        cost = cm.layer(l, cm.hit[l, C][:, None], r[:, None], win[None, :])[0]   # [x, prev]
-        new = np.full((X, units + 1), np.inf)
-        bp = np.zeros((X, units + 1), np.int32)
-        for x in range(X):
-            tot = dp + cost[x][:, None]                             # [prev, u]
-            p = tot.argmin(axis=0)
-            val = tot[p, np.arange(units + 1)]
-            if cu[x]:
-                new[x, cu[x]:] = val[:-cu[x]]
-                bp[x, cu[x]:] = p[:-cu[x]]
-            else:
-                new[x], bp[x] = val, p
-        back.append(bp)
-        dp = new
-    x, u = np.unravel_index(np.argmin(dp), dp.shape)
-    best = float(dp[x, u]) + cm.other_ms
-    picks = [int(x)]
-    for l in range(L - 1, 0, -1):
-        p = int(back[l - 1][x, u])
-        u -= int(cu[x])
-        x = p
-        picks.append(x)
-    picks.reverse()
-    return Solution([int(C[i]) for i in picks], [int(m[i]) for i in picks], best)
+    units = max(0, int(units))
+    cfg = configs(cm)
+    fit = np.nonzero(cfg.units <= units)[0]
+    return _solution(cm, cfg.take(_chain_dp(cm, _parts(cm, cfg), cfg.units, [fit] * cm.num_layers, units)))
 
 
-def uniform(cm: CostModel, units: int, split: int | None = None) -> Solution:
-    """Every layer the same budget (units // L) at one split (default r = 1: no split)."""
-    m = len(cm.ratios) - 1 if split is None else split
-    c = min(cm.num_experts, max(0, int(units)) // cm.num_layers // int(cm.slot_units[m]))
-    slots, splits = [c] * cm.num_layers, [m] * cm.num_layers
-    return Solution(slots, splits, cm.evaluate(slots, splits)["ms_per_token"])
+def uniforms(cm: CostModel, units: int, splits=None, policy: int = 0) -> list[Solution]:
+    """For each split in `splits` (default all): every layer the same budget (units // L) at that split
+    and `policy`; each layer's placement the cheapest allowed one given the window its predecessor leaves."""
+    M, L = len(cm.ratios), cm.num_layers
+    m = np.arange(M) if splits is None else np.asarray(splits)
+    C = np.minimum(cm.num_experts, max(0, int(units)) // L // cm.slot_units[m])          # [S]
+    q = np.nonzero(cm.placements)[0]
+    ok = ~PLACEMENTS[q, 0][None, :] | ((m < M - 1) & (C > 0))[:, None]                  # [S, Q]
+    window, place = np.full(len(m), cm.first_window), []
+    for l in range(L):
+        x = cm.parts(l, cm.hit[policy, l, C][:, None], cm.admit[policy, l, C][:, None], cm.ratios[m][:, None],
+                     q[None, :])
+        best = np.where(ok, cm.time(x, window[:, None])[0], np.inf).argmin(axis=1)
+        place.append(q[best])
+        window = x.window[np.arange(len(m)), best]
+    place = np.stack(place, axis=1)
+    ms = chain(cm, np.full((len(m), L), policy), np.repeat(C[:, None], L, 1), np.repeat(m[:, None], L, 1), place)["ms"]
+    return [Solution([int(C[i])] * L, [int(m[i])] * L, [int(x) for x in place[i]], [policy] * L, float(ms[i]))
+            for i in range(len(m))]
 
 
-def best_uniform(cm: CostModel, units: int) -> Solution:
+def uniform(cm: CostModel, units: int, split: int | None = None, policy: int = 0) -> Solution:
+    """Every layer the same budget at one split (default r = 1: no split); see `uniforms`."""
+    return uniforms(cm, units, [len(cm.ratios) - 1 if split is None else split], policy)[0]
+
+
+def best_uniform(cm: CostModel, units: int, policy: int = 0) -> Solution:
     """The best single split ratio applied uniformly (ties: the larger ratio)."""
-    return min((uniform(cm, units, m) for m in reversed(range(len(cm.ratios)))), key=lambda s: s.ms_per_token)
-
-
-# --- entry points over a ModelSpec -------------------------------------------------------------
-
-def model_curves(spec, trace, policy: str, policy_params: dict | None = None) -> np.ndarray:
-    """h[l, C] for the spec's MoE layers from `trace` through `policy` (or "belady"); without a
-    trace, uniform routing: h(C) = C / E. Curves are kept on the trace object for repeated solves."""
-    from .replay import hit_rate_curves
-
-    E, L = spec.num_experts, spec.num_moe_layers
-    if trace is None:
-        return np.tile(np.arange(E + 1) / E, (L, 1))
-    if trace.num_experts != E:
-        raise ValueError(f"trace has {trace.num_experts} experts per layer, {spec.name} has {E}")
-    cache = trace.__dict__.setdefault("_curves", {})
-    key = (policy, tuple(sorted((k, repr(v)) for k, v in (policy_params or {}).items())))
-    if key not in cache:
-        cache[key] = hit_rate_curves(trace, policy, **(policy_params or {}))
-    h = cache[key]
-    return h[np.arange(L) * trace.num_layers // L]  # a trace of another depth is stretched over the layers
-
-
-def model_accuracy(spec, trace, prefetch_accuracy: float | None) -> np.ndarray:
-    """Predictor recall per layer: given, else measured from the trace's guesses, else 0 (no prefetch)."""
-    L = spec.num_moe_layers
-    if prefetch_accuracy is not None:
-        if not 0.0 <= prefetch_accuracy <= 1.0:
-            raise ValueError(f"prefetch accuracy must be in [0, 1], got {prefetch_accuracy}")
-        return np.full(L, float(prefetch_accuracy))
-    recall = None if trace is None else trace.prediction_recall()
-    if recall is None:
-        return np.zeros(L)
-    return np.nan_to_num(recall, nan=0.0)[np.arange(L) * trace.num_layers // L]  # never guessed: no prefetch
-
-
-def to_layout(spec, cm: CostModel, sol: Solution, quant: str, dtype: str, prediction: dict):
-    from .layout import Layout, plan_layer
-
-    I, rb = spec.intermediate_size, spec.row_bytes(quant, dtype)
-    plans = []
-    for c, m in zip(sol.slots, sol.split):
-        ratio = float(cm.ratios[m]) if c else 1.0
-        slot_bytes = round(ratio * I) * rb
-        plans.append(plan_layer(c * slot_bytes, ratio, I, rb, spec.num_experts))
-    return Layout(plans, source="solver", prediction=prediction)
-
-
-def _solve(spec, cache_bytes, bandwidth_gbps, trace, policy, quant, dtype, prefetch_accuracy, compute_ms, exact,
-           policy_params=None):
-    from .costmodel import build_cost_model
-
-    acc = model_accuracy(spec, trace, prefetch_accuracy)
-    kw = dict(bandwidth_gbps=bandwidth_gbps, quant=quant, dtype=dtype, compute_ms=compute_ms)
-    cm = build_cost_model(spec, model_curves(spec, trace, policy, policy_params), acc, **kw)
-    units = max(0, int(cache_bytes)) // cm.unit_bytes
-    start = time.perf_counter()
-    sol = exact_optimum(cm, units) if exact else optimize(cm, units)
-    wall = time.perf_counter() - start
-    cm_lru = cm if policy == "lru" else build_cost_model(spec, model_curves(spec, trace, "lru"), acc, **kw)
-    ev = cm.evaluate(sol.slots, sol.split)
-    acts = [spec.top_k] * spec.num_moe_layers
-    prediction = {
-        "method": "exact-dp" if exact else "divide-and-conquer",
-        "policy": policy, "bandwidth_gbps": bandwidth_gbps, "quant": quant, "dtype": dtype,
-        "cache_bytes": int(cache_bytes), "ms_per_token": ev["ms_per_token"],
-        "hit_rate": float(np.average([x["hit_rate"] for x in ev["layers"]], weights=acts)),
-        "bytes_per_token": ev["bytes_per_token"], "prefetch_accuracy": float(acc.mean()),
-        "layers": ev["layers"], "solve_s": wall, **sol.detail,
-        "baselines": {"uniform_lru_no_split": uniform(cm_lru, units).ms_per_token,
-                      "best_uniform_split": best_uniform(cm, units).ms_per_token},
-        "best_uniform_ratio": float(cm.ratios[best_uniform(cm, units).split[0]]),
-        "trace": "none (uniform routing assumed)" if trace is None else (trace.model or "trace"),
-    }
-    return to_layout(spec, cm, sol, quant, dtype, prediction)
-
-
-def solve_layout(spec, cache_bytes: int, *, bandwidth_gbps: float, trace=None, policy: str = "lcp",
-                 quant: str = "none", dtype: str = "float16", prefetch_accuracy: float | None = None,
-                 compute_ms: dict | None = None, policy_params: dict | None = None):
-    """Each MoE layer's budget and split ratio for `cache_bytes` of expert cache (a `Layout` with
-    source "solver"; `prediction` holds the modeled ms/token, hit rates and the two baselines).
-    `trace`: calibration routing (None: uniform routing assumed); `policy` (+ `policy_params`, e.g.
-    rho/tau for lcp) sets the hit-rate curves; `prefetch_accuracy` None: the trace's measured recall
-    (0 without recorded guesses); `compute_ms`: expert_ms / dense_ms / other_ms / device_gbps."""
-    return _solve(spec, cache_bytes, bandwidth_gbps, trace, policy, quant, dtype, prefetch_accuracy, compute_ms,
-                  exact=False, policy_params=policy_params)
-
-
-def solve_exact_dp(spec, cache_bytes: int, *, bandwidth_gbps: float, trace=None, policy: str = "lcp",
-                   quant: str = "none", dtype: str = "float16", prefetch_accuracy: float | None = None,
-                   compute_ms: dict | None = None, policy_params: dict | None = None):
-    """Same as `solve_layout` by the exact dynamic program (slow for large models: the reference)."""
-    return _solve(spec, cache_bytes, bandwidth_gbps, trace, policy, quant, dtype, prefetch_accuracy, compute_ms,
-                  exact=True, policy_params=policy_params)
+    return min(reversed(uniforms(cm, units, policy=policy)), key=lambda s: s.ms_per_token)

@@ -85,6 +85,11 @@ class RoutingTrace:
                    top_k=int(data["top_k"]) if "top_k" in data else 0,
                    model=str(data["model"]) if "model" in data else "")
 
+    def tokens(self, tokens) -> "RoutingTrace":
+        """A trace of only some decode steps (a slice or index array)."""
+        pred = None if self.predicted is None else self.predicted[tokens]
+        return RoutingTrace(self.experts[tokens], pred, self.num_experts, self.top_k, self.model)
+
     def layers(self, layers) -> "RoutingTrace":
         """A trace of only some layers (e.g. to match a model with fewer MoE layers)."""
         pred = None if self.predicted is None else self.predicted[:, layers]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from moepic_core import Engine
 from moepic_core.calibrate import trace_path
+from moepic_core.config import EngineConfig
 from moepic_core.models import load_spec
+from moepic_core.simulate import simulate
 from moepic_core.testing import load_reference
 
 from test_engine_exact import check_engine_matches
@@ -21,12 +24,20 @@ def test_default_layout_is_solved_and_exact(tiny_models, cache_dir):
     layout = engine.runtime.layout
     assert layout.source == "solver"
     assert layout.total_bytes <= 0.3 * store
-    pred = engine.snapshot()["layout"]["prediction"]
-    assert pred["ms_per_token"] > 0 and set(pred["baselines"]) == {"uniform_lru_no_split", "best_uniform_split"}
-    # never worse than the best uniform ratio under the same policy (r = 1 included); the LRU baseline
-    # uses another policy's hit rates and may win on random routing
-    assert pred["ms_per_token"] <= pred["baselines"]["best_uniform_split"] + 1e-12
-    assert all(l["predicted_hit_rate"] is not None for l in engine.snapshot()["layers"])
+    snap = engine.snapshot()
+    pred = snap["layout"]["prediction"]
+    assert pred["ms_per_token"] > 0
+    assert set(pred["baselines"]) == {"uniform_lru_no_split", "best_uniform_split", "transfer_only", "solver_no_split"}
+    # the engine has no CPU path yet: every layer over the link; the policy auto chose is the one running
+    assert {(p.bottom_on, p.miss_on) for p in layout.layers} == {("link", "link")}
+    name, params = layout.policy("")
+    assert (engine.runtime.policy_name, name) == (name, engine.runtime.directory.policy.name)
+    assert snap["policy"] == f"auto: {name}" if name != "per-layer" else snap["policy"].startswith("auto: per layer")
+    # the prediction is the simulator's replay of the calibration trace through that layout and policy
+    sim = simulate(engine._calibration(), engine.spec, layout, policy=name, bandwidth_gbps=pred["bandwidth_gbps"],
+                   dtype=engine.dtype)
+    assert sim["ms_per_token"] == pytest.approx(pred["ms_per_token"], rel=1e-9)
+    assert all(l["predicted_hit_rate"] is not None for l in snap["layers"])
     assert engine.snapshot()["totals"]["tokens"] == 0  # calibration decoding is not counted
     path = trace_path(engine)
     assert path.exists()
@@ -93,3 +104,42 @@ def test_static_policy_pins_the_profiled_experts(tiny_models, cache_dir):
     assert torch.equal(engine.runtime.pool.slot(0, 0), engine.runtime.store.rows(
         0, engine.runtime.directory.cached(0) and min(engine.runtime.directory.cached(0),
                                                       key=engine.runtime.directory.cached(0).get), 0, 128))
+
+
+def test_without_prefetch_the_solver_gets_no_recall(tiny_models, cache_dir, tmp_path):
+    import shutil
+
+    from moepic_core.synthetic import synthetic_trace
+
+    folder = shutil.copytree(tiny_models["mixtral"], tmp_path / "model")
+    spec = load_spec(folder)
+    trace = synthetic_trace(60, spec.num_moe_layers, spec.num_experts, spec.top_k, seed=0)
+    assert trace.prediction_recall()[1:].min() > 0     # guesses recorded: a recall the solver must not get
+    trace.save(folder / "routing_trace.npz")           # shipped beside the model: no recording
+    store = spec.store_bytes("none", "float32")
+    engine = Engine.load(folder, device="cpu", cache_gb=0.3 * store / 1e9, cache_dir=cache_dir, prefetch=False,
+                         policy="lru")
+    pred = engine.snapshot()["layout"]["prediction"]
+    assert pred["prefetch_accuracy"] == 0.0
+    assert engine.snapshot()["policy"] == "lru" and engine.runtime.policy_name == "lru"
+
+
+def test_one_budget_for_engine_and_solve(tiny_models):
+    # the engine's budget and solve's come from budget.plan_budget: the same cache share of a VRAM budget
+    from moepic_core.budget import plan_budget
+    from moepic_core.presets import get_preset
+    from moepic_core.simulate import resolve_model
+
+    folder = tiny_models["olmoe"]
+    spec = load_spec(folder)
+    vram = plan_budget(spec, dtype="float32", vram_bytes=10**9).min_vram_bytes + 12345
+    cfg = EngineConfig(model=str(folder), vram_gb=vram / 1e9, device="cpu", dtype="float32", cpu_mode="simulated")
+    engine_budget = Engine._budget(cfg, spec, "float32", torch.device("cpu"))
+    assert engine_budget.cache_bytes == 12345 and engine_budget.staging_bytes == 2 * 2 * spec.expert_bytes("none", "float32")
+
+    class Args:
+        preset, model, vram_gb, cache_gb, quant, dtype = "mixtral-8x7b", None, 24.0, None, "none", "float16"
+    mixtral = get_preset("mixtral-8x7b")
+    _, cli_budget = resolve_model(Args)
+    assert cli_budget == plan_budget(mixtral, vram_bytes=24 * 10**9)
+    assert cli_budget.staging_bytes == 2 * mixtral.top_k * mixtral.expert_bytes()   # 2(k + extra), as the engine
