@@ -32,9 +32,9 @@ def test_real_model_defaults_to_in_place_and_matches_transformers(engine, tiny_m
     seen = []
     segment = ExpertKernel.segment
 
-    def spy(self, x, rows):
+    def spy(self, x, rows, bias=None):
         seen.append(rows.data_ptr())
-        return segment(self, x, rows)
+        return segment(self, x, rows, bias)
 
     monkeypatch.setattr(ExpertKernel, "segment", spy)
     ref = load_reference(tiny_models["qwen3_moe"])
