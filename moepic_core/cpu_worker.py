@@ -27,15 +27,16 @@ class CpuWorker:
         self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moepic-cpu")
 
-    def submit(self, x: torch.Tensor, rows: torch.Tensor) -> Future:
-        """Compute the segment `rows` (host memory) for `x` (host, any float dtype) in the background."""
-        return self._pool.submit(self._run, x, rows)
+    def submit(self, x: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor | None = None) -> Future:
+        """Compute the segment `rows` (host memory) for `x` (host, any float dtype) in the background;
+        `bias`: the segment neurons' gate/up biases, or None."""
+        return self._pool.submit(self._run, x, rows, bias)
 
-    def _run(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.threads:
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
-            return self.kernel.segment(x, rows)
+            return self.kernel.segment(x, rows, bias)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

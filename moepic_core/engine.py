@@ -405,6 +405,7 @@ class Engine:
         return f"auto: {running}" if self.cfg.policy == AUTO else running
 
     def close(self) -> None:
+        self.runtime.close()
         self.runtime.pool = None
         self.model = None
 

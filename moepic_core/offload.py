@@ -1,17 +1,24 @@
-"""ExpertRuntime: the offloaded experts forward of every MoE layer.
+"""ExpertRuntime: the offloaded experts forward of every MoE layer, in named steps.
 
-Per forward step and MoE layer `pos` (the `pos`-th MoE layer):
-  1. the router's choice (transformers' own router ran already) gives the step's experts;
+Per forward step and MoE layer `pos` (the `pos`-th MoE layer), `forward` runs:
+  1. `_route`: the router's choice (transformers' own router ran already) gives the step's
+     experts; a trace row is recorded when asked;
   2. the CacheDirectory counts hits before admitting anything and decides admissions/evictions;
-  3. what the pool lacks is fetched into staging: the bottom rows `[r*I, I)` of a hit when the
-     layer is split, the whole expert on a miss (unless a guess for this layer already fetched it);
-  4. on a decode step, layer `pos+1`'s router applied to this layer's input guesses the next
-     layer's experts, and their missing bytes are queued behind this layer's fetches;
-  5. experts are computed in eager's order (ascending id) by the ExpertKernel (kernels.py): the
-     top segment from the pool slot while the bottom may still be in flight, then the bottom; a
-     missed expert that was admitted has its top rows copied from staging into its slot after use.
-On CUDA, fetches run on a copy stream and compute waits on per-buffer events; the only host sync
-is reading the router's choice (step 1), where the data is consumed.
+  3. `plan_work` (the split and placement rule, in one place): per needed expert, its top rows from
+     the pool slot on a hit; the rest over the link into staging or on the CPU from the host
+     store, as the layer's plan says (LayerPlan.bottom_on / miss_on; layout.py);
+  4. `_reconcile_staging`: prefetched rows that this step needs are kept, wrong guesses dropped;
+  5. `_issue`: link fetches for what staging lacks; `_submit_cpu`: CPU segments start now, on the
+     CPU worker, concurrently with everything below;
+  6. `_prefetch`: on a decode step, layer `pos+1`'s router applied to this layer's input guesses
+     the next layer's experts; what the rules would fetch for them is queued in chunks on the
+     LinkQueue (prefetch.py), which a later wrong guess drops before its bytes move;
+  7. `_compute`: experts in eager's order (ascending id) by the ExpertKernel (kernels.py): the top
+     from the slot while the rest may still be in flight, then the fetched rows, then the CPU's
+     result; the down bias once per expert; an admitted miss copies its top rows into its slot.
+The output is the exact sum of the segments whichever worker computed each. On CUDA, fetches run on
+a copy stream and compute waits on per-buffer events; the host syncs to read the router's choice
+and, when the CPU computes a segment, to hand it the hidden vector.
 
 In place (a real model on a CPU-only machine): every expert is resident where it already lies,
 in the memory-mapped store; the "slots" are the store's own bytes, so nothing is ever copied and
@@ -20,15 +27,31 @@ with RAM buffers, to show the cache at work.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from .budget import staging_experts
 from .cache import CacheDirectory, make_policy
 from .cache.pool import SlotPool, Staging, Transfer
+from .cpu_worker import CpuWorker
 from .kernels import SILU, Activation, ExpertKernel
 from .layout import Layout
-from .prefetch import Prefetcher
+from .prefetch import LinkQueue, Prefetcher
 from .stats import EngineStats
+
+PREFETCH_CHUNK_BYTES = 8 << 20  # costmodel.PREFETCH_CHUNK_BYTES: what the solver assumes
+
+
+@dataclass
+class ExpertWork:
+    """Where each segment of one needed expert is computed this step (rows are [start, stop))."""
+
+    slot: int | None = None  # a hit: top rows [0, top) from this pool slot (in place: the store)
+    link: tuple[int, int] | None = None  # rows fetched over the link into staging, computed on the device
+    cpu: tuple[int, int] | None = None  # rows computed on the CPU from the host store
+    admit: int | None = None  # an admitted miss: its top rows go from staging into this slot
 
 
 class OffloadedExperts(nn.Module):
@@ -58,17 +81,14 @@ class ExpertRuntime:
         self.in_place = in_place
         self.prefetcher = Prefetcher(routers, self.spec.top_k, prefetch_extra, enabled=prefetch and not in_place)
         self.transfer = Transfer(device)
-        n_staging = 0 if in_place else self.staging_buffers(self.spec.top_k, prefetch_extra)
+        self.link = LinkQueue(self.transfer, PREFETCH_CHUNK_BYTES)
+        n_staging = 0 if in_place else staging_experts(self.spec.top_k, prefetch_extra)
         self.staging = Staging(n_staging, self.I, store.row_bytes, device)
         self.stats = EngineStats(self.num_layers)
         self.recording: list | None = None  # decode-step routing rows when recording a trace
         self.policy_name, self.policy_params = policy, dict(policy_params or {})
         self.pool = self.directory = self.layout = None
-
-    @staticmethod
-    def staging_buffers(top_k: int, prefetch_extra: int) -> int:
-        """One token's worst case: this layer's k experts plus the next layer's guesses in flight."""
-        return 2 * (top_k + prefetch_extra)
+        self.cpu_worker: CpuWorker | None = None
 
     # --- layout -------------------------------------------------------------------------------
     def configure(self, layout: Layout, policy: str | None = None, policy_params: dict | None = None) -> None:
@@ -81,10 +101,12 @@ class ExpertRuntime:
             raise ValueError("the in-place mode keeps every expert whole where it lies; use the simulated mode "
                              "for a smaller cache")
         self.pool = None
+        self.link.clear()
         self.staging.clear()
         self.prefetcher.clear()
         self.pool = SlotPool(layout, self.I, self.store.row_bytes, self.device, allocate=not self.in_place)
         self.layout = layout
+        self._start_cpu_worker(layout)
         if policy is not None or self.directory is None:
             if policy is not None:
                 self.policy_name, self.policy_params = policy, dict(policy_params or {})
@@ -101,20 +123,30 @@ class ExpertRuntime:
             for expert, slot in self.directory.cached(pos).items():
                 self.pool.slot(pos, slot).copy_(self.store.rows(pos, expert, 0, self.pool.rows[pos]))
 
+    def _start_cpu_worker(self, layout: Layout) -> None:
+        """A CPU worker exists while some layer computes segments on the CPU."""
+        wanted = not self.in_place and any("cpu" in (p.bottom_on, p.miss_on) for p in layout.layers)
+        if wanted and self.cpu_worker is None:
+            kernel = self.kernel if self.device.type == "cpu" else ExpertKernel(
+                self.store.quant, self.store.dtype, self.H, self.I, torch.device("cpu"), self.compute_dtype,
+                self.kernel.activation)
+            threads = max(1, torch.get_num_threads() // 2) if self.device.type == "cpu" else None
+            self.cpu_worker = CpuWorker(kernel, threads)
+        elif not wanted and self.cpu_worker is not None:
+            self.close()
+
+    def close(self) -> None:
+        if self.cpu_worker is not None:
+            self.cpu_worker.close()
+            self.cpu_worker = None
+
     def is_split(self, pos: int) -> bool:
         return 0 < self.pool.rows[pos] < self.I
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, pos, x, top_k_index, top_k_weights):
-        routing = top_k_index.tolist()  # host sync: the fetches depend on it
-        experts = sorted({e for row in routing for e in row})
-        if pos == 0:
-            self.directory.step()
-            if self.recording is not None and len(routing) == 1:
-                self.recording.append(([[-1] * self.spec.top_k for _ in range(self.num_layers)],
-                                       [[-1] * self.prefetcher.width] * self.num_layers))
-        if self.recording is not None and len(routing) == 1 and self.recording:
-            self.recording[-1][0][pos] = list(routing[0])
+        routing, experts = self._route(pos, top_k_index)
+        single = len(routing) == 1  # decode: one token
         access = self.directory.access(pos, experts)
         self.stats.record_access(pos, len(access.hits), len(access.misses), self.is_split(pos))
         layer_stats = self.stats.layers[pos]
@@ -122,43 +154,127 @@ class ExpertRuntime:
         guess = self.prefetcher.take(pos)
         if guess is not None:
             layer_stats.record_guess(guess, experts)
+        work = self.plan_work(pos, access, experts)
+        self._reconcile_staging(pos, work)
+        queue = [e for e, w in work.items() if w.link and (pos, e) not in self.staging.entries]
+        issued = self._issue(pos, queue, 0, work)
+        cpu_jobs = self._submit_cpu(pos, work, x, top_k_index, single)
+        if single and issued == len(queue) and pos + 1 < self.num_layers:
+            self._prefetch(pos + 1, x)
+        self._pump()
+        return self._compute(pos, x, routing, top_k_index, top_k_weights, work, cpu_jobs, queue, issued)
 
-        top = self.pool.rows[pos]
-        needed = {e: (top if e in access.hits else 0) for e in experts if e not in access.hits or top < self.I}
+    def _route(self, pos: int, top_k_index: torch.Tensor) -> tuple[list, list[int]]:
+        routing = top_k_index.tolist()  # host sync: the fetches depend on it
+        experts = sorted({e for row in routing for e in row})
+        single = len(routing) == 1
+        if pos == 0:
+            self.directory.step()
+            if self.recording is not None and single:
+                self.recording.append(([[-1] * self.spec.top_k for _ in range(self.num_layers)],
+                                       [[-1] * self.prefetcher.width] * self.num_layers))
+        if self.recording is not None and single and self.recording:
+            self.recording[-1][0][pos] = list(routing[0])
+        return routing, experts
+
+    def plan_work(self, pos: int, access, experts: list[int]) -> dict[int, ExpertWork]:
+        """The split and placement rule. A hit computes its top [0, r*I) from its slot; the bottom
+        [r*I, I) of a split hit goes over the link or to the CPU (`bottom_on`). An admitted miss
+        fetches its top (its slot needs it) and its bottom follows `bottom_on`; a miss not admitted
+        goes over the link or to the CPU whole (`miss_on`). Rows a prefetch already staged are used
+        whatever the rule says."""
+        plan, top, I = self.layout.layers[pos], self.pool.rows[pos], self.I
+        cpu_ok = self.cpu_worker is not None
+        work = {}
+        for e in experts:
+            staged = self.staging.entries.get((pos, e))
+            w = ExpertWork()
+            if e in access.hits:
+                w.slot = access.hits[e]
+                if top < I:
+                    on_cpu = cpu_ok and plan.bottom_on == "cpu" and not (staged and staged.covers(top, I))
+                    w.cpu, w.link = ((top, I), None) if on_cpu else (None, (top, I))
+            elif e in access.admitted:
+                w.admit = access.admitted[e]
+                on_cpu = cpu_ok and top < I and plan.bottom_on == "cpu" and not (staged and staged.covers(0, I))
+                w.link, w.cpu = ((0, top), (top, I)) if on_cpu else ((0, I), None)
+            else:
+                on_cpu = cpu_ok and plan.miss_on == "cpu" and not (staged and staged.covers(0, I))
+                w.cpu, w.link = ((0, I), None) if on_cpu else (None, (0, I))
+            work[e] = w
+        return work
+
+    def _reconcile_staging(self, pos: int, work: dict[int, ExpertWork]) -> None:
+        """Keep this layer's staged rows the step needs (finishing their queued chunks); drop the rest."""
         for (p, e), entry in list(self.staging.entries.items()):
-            if p == pos and (e not in needed or entry.start > needed[e]):
-                self.staging.release((p, e))
-                self.stats.layers[pos].prefetch_wasted_bytes += entry.nbytes
-        queue = [e for e in needed if (pos, e) not in self.staging.entries]
-        issued = self._issue(pos, queue, 0, needed)
-        if len(routing) == 1 and issued == len(queue) and pos + 1 < self.num_layers:
-            fetch = self.prefetcher.enabled and self._fetches_possible(pos + 1)
-            if fetch or self.recording is not None:
-                self._prefetch(pos + 1, x, fetch)
+            if p != pos:
+                continue
+            w = work.get(e)
+            if w is not None and w.link and entry.covers(*w.link):
+                event, moved = self.link.finish((p, e))
+                if moved:
+                    self.stats.record_bytes(pos, moved, prefetched=True)
+                entry.ready = event if event is not None else entry.ready
+                continue
+            event, dropped = self.link.drop((p, e))
+            self.staging.release((p, e), event)
+            self.stats.layers[pos].prefetch_dropped_bytes += dropped
+            self.stats.layers[pos].prefetch_wasted_bytes += entry.nbytes - dropped
 
+    def _issue(self, pos: int, queue: list[int], issued: int, work: dict[int, ExpertWork]) -> int:
+        """Fetch `queue[issued:]`'s link rows while staging buffers are free; returns the new count."""
+        while issued < len(queue) and self.staging.free:
+            e = queue[issued]
+            start, stop = work[e].link
+            src = self.store.rows(pos, e, start, stop)
+            self.staging.fetch((pos, e), src, start, self.transfer)
+            self.stats.record_bytes(pos, src.numel())
+            issued += 1
+        return issued
+
+    def _submit_cpu(self, pos, work, x, top_k_index, single) -> dict:
+        """Start the CPU segments; only the hidden vectors go to the host (a sync on CUDA)."""
+        jobs = [e for e, w in work.items() if w.cpu]
+        if not jobs:
+            return {}
+        x_host = x.detach().to("cpu")
+        mask = None if single else top_k_index.t().cpu()
+        futures = {}
+        for e in jobs:
+            start, stop = work[e].cpu
+            xs = x_host if single else x_host[torch.where(mask == e)[1]]
+            bias = None if self.store.biases is None else self.store.neuron_bias(pos, e)[start:stop]
+            futures[e] = self.cpu_worker.submit(xs, self.store.rows(pos, e, start, stop), bias)
+            self.stats.record_cpu(pos, (stop - start) * self.store.row_bytes)
+        return futures
+
+    def _compute(self, pos, x, routing, top_k_index, top_k_weights, work, cpu_jobs, queue, issued):
+        """Every needed expert in eager's order, its segments summed, weighted, accumulated."""
         single = len(routing) == 1  # decode: skip the gather/scatter, same arithmetic as eager
         out = None if single else torch.zeros_like(x)
         hit_mask = top_k_index.t()  # [K, T], as eager walks it
-        for e in experts:
+        top = self.pool.rows[pos]
+        for e, w in work.items():
             if single:
                 xs = x
             else:
                 k_pos, tok = torch.where(hit_mask == e)
                 xs = x[tok]
             y = None
-            slot = access.hits.get(e)
-            if slot is not None:
-                y = self.kernel.segment(xs, self._slot_rows(pos, e, slot), self._bias(pos, e, 0, top))
-            if e in needed:
+            if w.slot is not None:
+                y = self.kernel.segment(xs, self._slot_rows(pos, e, w.slot), self._bias(pos, e, 0, top))
+            if w.link:
                 entry = self.staging.entries[(pos, e)]
                 self.transfer.wait(entry.ready)
-                part = self.kernel.segment(xs, self.staging.rows(entry, needed[e], self.I),
-                                           self._bias(pos, e, needed[e], self.I))
+                part = self.kernel.segment(xs, self.staging.rows(entry, *w.link), self._bias(pos, e, *w.link))
                 y = part if y is None else y + part
-                if e in access.admitted:
-                    self.pool.slot(pos, access.admitted[e]).copy_(self.staging.rows(entry, 0, top))
+                if w.admit is not None:
+                    self.pool.slot(pos, w.admit).copy_(self.staging.rows(entry, 0, top))
                 self.staging.release((pos, e), self.transfer.mark())
-                issued = self._issue(pos, queue, issued, needed)
+                issued = self._issue(pos, queue, issued, work)
+            if w.cpu:
+                part = cpu_jobs[e].result().to(self.device, non_blocking=True)
+                y = part if y is None else y + part.to(y.dtype)
             if self.biases is not None:  # the down bias: once per expert, never per segment
                 y = y + self.biases[pos, e, 2 * self.I:].to(y.dtype)
             if single:
@@ -167,6 +283,7 @@ class ExpertRuntime:
             else:
                 y = y * top_k_weights[tok, k_pos, None]
                 out.index_add_(0, tok, y.to(out.dtype))
+            self._pump()
         return out
 
     def _bias(self, pos: int, expert: int, start: int, stop: int) -> torch.Tensor | None:
@@ -181,37 +298,43 @@ class ExpertRuntime:
             return self.store.rows(pos, expert, 0, self.I)
         return self.pool.slot(pos, slot)
 
-    def _issue(self, pos: int, queue: list[int], issued: int, needed: dict[int, int]) -> int:
-        """Queue fetches for `queue[issued:]` while staging buffers are free; returns the new count."""
-        while issued < len(queue) and self.staging.free:
-            e = queue[issued]
-            src = self.store.rows(pos, e, needed[e], self.I)
-            self.staging.fetch((pos, e), src, needed[e], self.transfer)
-            self.stats.record_bytes(pos, src.numel())
-            issued += 1
-        return issued
-
     def _fetches_possible(self, pos: int) -> bool:
         """False when layer `pos` holds every expert whole: a guess could not save a byte."""
         return self.pool.rows[pos] < self.I or self.pool.slots[pos] < self.spec.num_experts
 
-    def _prefetch(self, nxt: int, x: torch.Tensor, fetch: bool) -> None:
-        """Guess layer `nxt`'s experts and, if `fetch`, queue what the pool lacks of them."""
+    def _prefetch(self, nxt: int, x: torch.Tensor) -> None:
+        """Guess layer `nxt`'s experts; where its plan prefetches, queue what the rules would fetch."""
+        plan = self.layout.layers[nxt]
+        fetch = self.prefetcher.enabled and plan.prefetch and self._fetches_possible(nxt)
+        if not fetch and self.recording is None:
+            return
         guess = self.prefetcher.guess(nxt, x)
         self.stats.layers[nxt].prefetched = guess
         if self.recording:
             self.recording[-1][1][nxt] = guess + [-1] * (self.prefetcher.width - len(guess))
         if not fetch:
             return
-        cached = self.directory.cached(nxt)
-        top = self.pool.rows[nxt]
         for e in guess:
-            start = top if e in cached else 0
-            if start >= self.I or (nxt, e) in self.staging.entries or not self.staging.free:
+            rows = self._guess_rows(nxt, e)
+            if rows is None or (nxt, e) in self.staging.entries or not self.staging.free:
                 continue
-            src = self.store.rows(nxt, e, start, self.I)
-            self.staging.fetch((nxt, e), src, start, self.transfer, prefetched=True)
-            self.stats.record_bytes(nxt, src.numel(), prefetched=True)
+            entry = self.staging.reserve((nxt, e), rows[0], rows[1] - rows[0], self.store.row_bytes, prefetched=True)
+            self.link.add((nxt, e), self.staging.target(entry), self.store.rows(nxt, e, *rows),
+                          after=self.staging.free_after[entry.buffer])
+
+    def _guess_rows(self, pos: int, e: int) -> tuple[int, int] | None:
+        """What `plan_work` would fetch over the link for guess `e` of layer `pos`, if anything."""
+        plan, top, I = self.layout.layers[pos], self.pool.rows[pos], self.I
+        cpu_ok = self.cpu_worker is not None
+        if e in self.directory.cached(pos):
+            return (top, I) if top < I and not (cpu_ok and plan.bottom_on == "cpu") else None
+        if not (cpu_ok and plan.miss_on == "cpu"):
+            return 0, I
+        return (0, top) if self.pool.slots[pos] and top < I else None
+
+    def _pump(self) -> None:
+        for (pos, _), nbytes in self.link.pump():
+            self.stats.record_bytes(pos, nbytes, prefetched=True)
 
     # --- reporting ----------------------------------------------------------------------------
     def layer_snapshot(self, pos: int) -> dict:
@@ -226,6 +349,8 @@ class ExpertRuntime:
             "slots": plan.slots, "cached": cached, "active": list(s.active), "prefetched": list(s.prefetched),
             "hits": s.hits, "misses": s.misses, "top_hits": s.top_hits, "full_hits": s.full_hits,
             "bytes_fetched": s.bytes_fetched, "prefetch_bytes": s.prefetch_bytes,
-            "prefetch_wasted_bytes": s.prefetch_wasted_bytes,
+            "prefetch_wasted_bytes": s.prefetch_wasted_bytes, "prefetch_dropped_bytes": s.prefetch_dropped_bytes,
+            "cpu_bytes": s.cpu_bytes, "bottom_on": plan.bottom_on, "miss_on": plan.miss_on,
+            "prefetch": plan.prefetch,
             "prefetch_precision": s.precision, "prefetch_recall": s.recall,
         }

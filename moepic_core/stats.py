@@ -19,7 +19,9 @@ class LayerStats:
     full_hits: int = 0
     bytes_fetched: int = 0
     prefetch_bytes: int = 0
-    prefetch_wasted_bytes: int = 0
+    prefetch_wasted_bytes: int = 0  # moved over the link for a guess that turned out wrong
+    prefetch_dropped_bytes: int = 0  # a wrong guess's bytes dropped before they moved
+    cpu_bytes: int = 0  # expert bytes computed on the CPU (hybrid execution)
     guessed_right: int = 0  # |predicted ∩ actual| summed over steps
     guessed: int = 0  # |predicted| summed
     actual_predicted_steps: int = 0  # |actual| summed over steps that had a guess
@@ -49,6 +51,7 @@ class TokenCounter:
     full_hits: int = 0
     misses: int = 0
     bytes: int = 0
+    cpu_bytes: int = 0
 
 
 class EngineStats:
@@ -75,6 +78,10 @@ class EngineStats:
             layer.full_hits += hits
             cur.full_hits += hits
 
+    def record_cpu(self, pos: int, nbytes: int) -> None:
+        self.layers[pos].cpu_bytes += nbytes
+        self.current.cpu_bytes += nbytes
+
     def record_bytes(self, pos: int, nbytes: int, prefetched: bool = False) -> None:
         self.layers[pos].bytes_fetched += nbytes
         if prefetched:
@@ -92,7 +99,7 @@ class EngineStats:
         self.history.append({
             "token": self.tokens, "hit_rate": _ratio(cur.hits, n) or 0.0,
             "top_hit_rate": _ratio(cur.top_hits, n) or 0.0, "full_hit_rate": _ratio(cur.full_hits, n) or 0.0,
-            "bytes": cur.bytes, "tokens_per_s": 1.0 / seconds if seconds > 0 else 0.0,
+            "bytes": cur.bytes, "cpu_bytes": cur.cpu_bytes, "tokens_per_s": 1.0 / seconds if seconds > 0 else 0.0,
         })
 
     def totals(self) -> dict:
@@ -113,6 +120,7 @@ class EngineStats:
             "hits": hits, "misses": misses,
             "bytes_fetched": fetched,
             "bytes_per_token": sum(h["bytes"] for h in recent) / len(recent) if recent else 0.0,
+            "cpu_bytes_per_token": sum(h["cpu_bytes"] for h in recent) / len(recent) if recent else 0.0,
             "effective_bandwidth_gbps": (sum(h["bytes"] for h in recent) / recent_s / 1e9) if recent_s else 0.0,
             "prefetch_precision": _ratio(right, guessed),
             "prefetch_recall": _ratio(right, actual),

@@ -73,9 +73,13 @@ class SlotPool:
 class Staged:
     buffer: int
     start: int  # first row held (0 = whole expert, rows[pos] = bottom only)
-    ready: object  # event (CUDA) or None
+    stop: int  # one past the last row held
+    ready: object  # event (CUDA) or None; None too while a prefetch's chunks are still queued
     prefetched: bool
     nbytes: int
+
+    def covers(self, start: int, stop: int) -> bool:
+        return self.start <= start and stop <= self.stop
 
 
 class Staging:
@@ -92,14 +96,22 @@ class Staging:
     def nbytes(self) -> int:
         return self.buf.numel()
 
-    def fetch(self, key: tuple[int, int], src: torch.Tensor, start: int, transfer: Transfer,
-              prefetched: bool = False) -> Staged:
-        """Copy `src` (uint8 [rows, row_bytes], rows `start`.. of the expert) into a free buffer: the
-        least recently released one, so the copy rarely waits on compute just queued on it."""
+    def reserve(self, key: tuple[int, int], start: int, rows: int, row_bytes: int, prefetched: bool = False) -> Staged:
+        """Take a free buffer for rows `[start, start + rows)` of an expert: the least recently
+        released one, so a copy into it rarely waits on compute just queued on it."""
         i = self.free.pop(0)
-        ready = transfer.copy(self.buf[i, :src.shape[0]], src, after=self.free_after[i])
-        entry = Staged(i, start, ready, prefetched, src.numel())
+        entry = Staged(i, start, start + rows, None, prefetched, rows * row_bytes)
         self.entries[key] = entry
+        return entry
+
+    def target(self, entry: Staged) -> torch.Tensor:
+        """The buffer rows an entry's copy writes."""
+        return self.buf[entry.buffer, :entry.stop - entry.start]
+
+    def fetch(self, key: tuple[int, int], src: torch.Tensor, start: int, transfer: Transfer) -> Staged:
+        """Copy `src` (uint8 [rows, row_bytes], rows `start`.. of the expert) into a free buffer now."""
+        entry = self.reserve(key, start, src.shape[0], src.shape[1])
+        entry.ready = transfer.copy(self.target(entry), src, after=self.free_after[entry.buffer])
         return entry
 
     def rows(self, entry: Staged, start: int, stop: int) -> torch.Tensor:
@@ -111,10 +123,6 @@ class Staging:
             self.free_after[entry.buffer] = done_event
             self.free.append(entry.buffer)
         return entry
-
-    def drop_layer(self, pos: int) -> list[Staged]:
-        """Release every entry of layer `pos` (unused guesses); returns them for accounting."""
-        return [self.release(k) for k in [k for k in self.entries if k[0] == pos]]
 
     def clear(self) -> None:
         for key in list(self.entries):
