@@ -199,20 +199,33 @@ class Engine:
             return layout
         if cfg.split not in (None, "auto"):
             return self._uniform(cfg, budget, float(cfg.split))
+        hw = detect_hardware(self.device)
+        cpu_gbps = self._cpu_gbps(cfg)
         if budget.cache_bytes <= 0 or budget.cache_bytes >= store:
             layout = self._uniform(cfg, budget, 1.0)
             layout.source = "all-resident" if budget.cache_bytes >= store else "no-cache"
+            if budget.cache_bytes <= 0 and cpu_gbps > hw.bandwidth_gbps:  # no cache: misses where they are fastest
+                layout.layers = [dataclasses.replace(p, miss_on="cpu") for p in layout.layers]
             return layout
         from .planning import solve_layout
 
-        hw = detect_hardware(self.device)
-        # cpu_gbps 0 until the runtime runs LayerPlan.miss_on / bottom_on (then: hw.cpu_expert_gbps)
-        layout = solve_layout(self.spec, budget.cache_bytes, bandwidth_gbps=hw.bandwidth_gbps, cpu_gbps=0.0,
+        layout = solve_layout(self.spec, budget.cache_bytes, bandwidth_gbps=hw.bandwidth_gbps, cpu_gbps=cpu_gbps,
                               trace=self._calibration(), policy=cfg.policy, quant=cfg.quant, dtype=self.dtype,
                               policy_params=cfg.policy_params or None,
                               prefetch_accuracy=None if cfg.prefetch else 0.0)
-        layout.prediction["bandwidth_source"] = hw.bandwidth_source
+        layout.prediction.update(bandwidth_source=hw.bandwidth_source, cpu_gbps=cpu_gbps,
+                                 cpu_source="measured (this machine, this model's shapes)" if cpu_gbps else "off")
         return layout
+
+    def _cpu_gbps(self, cfg: EngineConfig) -> float:
+        """The CPU path's throughput for the solver: measured with the real kernels for this model's
+        shapes on CUDA (kept per machine, cpu_speed.py); 0 on a CPU-only machine, where the CPU is the
+        device too and a CPU worker would only compete with it."""
+        if self.device.type != "cuda" or not self.runtime.kernel.activation.native:
+            return 0.0
+        from .cpu_speed import measure_cpu_gbps
+
+        return measure_cpu_gbps(self.spec.hidden_size, self.spec.intermediate_size, cfg.quant, self.dtype)
 
     def _calibration(self):
         if self._trace is None:
