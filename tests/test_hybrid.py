@@ -108,3 +108,15 @@ def test_prefetch_counts_moved_dropped_and_wasted_bytes(tiny_models):
     for layer in layers:
         assert layer["prefetch_wasted_bytes"] <= layer["prefetch_bytes"]
     assert layers[0]["prefetch_bytes"] == 0  # nothing guesses the first MoE layer
+
+
+def test_staging_reuses_the_least_recently_released_buffer():
+    from moepic_core.cache.pool import Staging
+
+    staging, transfer = Staging(3, 4, 8, torch.device("cpu")), Transfer(torch.device("cpu"))
+    rows = torch.ones(4, 8, dtype=torch.uint8)
+    a, b = staging.fetch((0, 1), rows, 0, transfer), staging.fetch((0, 2), rows, 0, transfer)
+    staging.release((0, 2))
+    staging.release((0, 1))
+    # buffer 2 was never used, then b's, then a's: a new fetch takes the one released longest ago
+    assert [staging.fetch((1, e), rows, 0, transfer).buffer for e in range(3)] == [2, b.buffer, a.buffer]
