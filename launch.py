@@ -10,10 +10,16 @@ import sys
 
 import app  # noqa: F401 - switches analytics and telemetry off before gradio is imported
 from app.config import DEVICES, POLICIES, QUANTS, AppConfig
+from moepic_core.options import DTYPES, OneLineParser, exit_with, parsed
+
+
+def choice(option: str, allowed) -> dict:
+    """argparse settings for a flag with fixed choices, refused in the engine's words."""
+    return dict(type=parsed(option, choices=allowed), metavar="{" + ",".join(allowed) + "}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python launch.py",
         description="Chat with a Mixture-of-Experts model whose experts live in CPU RAM, and watch the "
                     "expert cache work. Runs without a GPU (CPU mode, simulated VRAM budget) and without network.")
@@ -21,19 +27,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="'demo' (the built-in model in assets/demo-model), a local model folder, or a hub id "
                         "(e.g. Qwen/Qwen1.5-MoE-A2.7B-Chat). A hub model is used at start only if already "
                         "downloaded; otherwise press Load in the app to download it (default: demo)")
-    p.add_argument("--vram-gb", type=float, default=None,
+    p.add_argument("--vram-gb", type=parsed("vram_gb", float), default=None, metavar="GB",
                    help="VRAM the engine may use (dense part, KV reserve, staging, expert cache), in GB. "
                         "Default: detected free VRAM minus a reserve; in CPU mode a simulated budget that "
                         "caches about a third of the expert bytes")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="where the model computes (default: auto: CUDA if available)")
-    p.add_argument("--quant", choices=QUANTS, default="none", help="quantisation of the expert store (default: none)")
-    p.add_argument("--policy", choices=POLICIES, default="auto",
+    p.add_argument("--device", **choice("device", DEVICES), default="auto", help="where the model computes (default: auto: CUDA if available)")
+    p.add_argument("--quant", **choice("quant", QUANTS), default="auto",
+                   help="quantisation of the expert store (default: auto, the best quality that fits the free "
+                        "RAM and disk; the page says which and why)")
+    p.add_argument("--policy", **choice("policy", POLICIES), default="auto",
                    help="expert-cache policy (default: auto, the best by replaying the calibration trace)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+    p.add_argument("--dtype", **choice("dtype", DTYPES), default=None,
                    help="compute dtype (default: the engine's choice for the device)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="initial value of the reply-length slider (default: 256)")
+    p.add_argument("--max-new-tokens", type=parsed("max_new_tokens", int), default=256, metavar="N", help="initial value of the reply-length slider (default: 256)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 exposes the app to your network)")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on, or the next free one if taken (default: 7860)")
+    p.add_argument("--port", type=parsed("port", int), default=7860, metavar="PORT", help="port to listen on, or the next free one if taken (default: 7860)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab (default: open one)")
     p.add_argument("--share", action="store_true", help="make a public gradio.live link (off unless given)")
     api = p.add_argument_group("OpenAI-compatible API (served under /v1 on the same host and port)")
@@ -83,7 +91,7 @@ def free_port(host: str, start: int, tries: int = 100) -> int:
             except OSError:
                 continue
             return port
-    raise SystemExit(f"no free port in {start}..{start + tries - 1} on {host}")
+    raise SystemExit(f"error: --port: no free port in {start}..{start + tries - 1} on {host}")
 
 
 def main(argv=None) -> int:
@@ -93,8 +101,7 @@ def main(argv=None) -> int:
                            policy=args.policy, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
         api = api_settings(args)
     except ValueError as exc:
-        print(f"launch.py: {exc}", file=sys.stderr)
-        return 2
+        return exit_with(exc)
     warning = exposure_warning(args.host, api.api_key, page=not args.api_only)
     if warning:
         print(f"launch.py: warning: {warning}", file=sys.stderr)
@@ -105,6 +112,10 @@ def main(argv=None) -> int:
     from app.server import serve
 
     controller = Controller(config, detect_hardware())
+    check = controller.check(config.model, config.quant)
+    if not check.loadable:  # refused here, in one line, rather than in a page that has nothing to show
+        print(f"error: {check.flag_line()}", file=sys.stderr)
+        return 2
     port = free_port(args.host, args.port)
     served = serve(controller, host=args.host, port=port, share=args.share, inbrowser=not args.no_browser,
                    page=not args.api_only, api=api)

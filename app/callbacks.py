@@ -1,5 +1,9 @@
 """Controller: the UI's event handlers. Each one validates, hands engine work to the EngineWorker, and
-returns HTML/updates; errors become messages in the page, never a dead server."""
+returns HTML/updates; errors become messages in the page, never a dead server.
+
+The engine is shared by every browser tab; what a tab has seen (its status line, its replies' speed
+and hit rates) lives in its own `Session` (a gr.State), which the handlers take and update.
+"""
 from __future__ import annotations
 
 import html
@@ -13,7 +17,11 @@ import psutil
 from app import models
 from app.config import GB, SIMULATED_CACHE_SHARE, AppConfig, cpu_mode, default_vram_gb
 from app.panels import fmt_bytes, heatmap_html, hitrate_chart_html, split_chart_html, stats_html
+from app.session import Session
 from app.worker import EngineWorker
+
+MB = 1e6
+MODE_WORDS = {"simulated": " (CPU, simulated VRAM cache)", "in-place": " (CPU, experts computed in place in RAM)"}
 
 
 def status_html(level: str, message: str) -> str:
@@ -21,9 +29,10 @@ def status_html(level: str, message: str) -> str:
     return f'<div class="mp-status mp-{level}">{icon} {html.escape(message)}</div>'
 
 
-def panels(snap: dict | None) -> tuple[str, str, str, str]:
-    """(heatmap, split chart, hit-rate chart, stats) HTML from one snapshot."""
-    return heatmap_html(snap), split_chart_html(snap), hitrate_chart_html(snap), stats_html(snap)
+def panels(snap: dict | None, session: Session | None = None) -> tuple[str, str, str, str]:
+    """(heatmap, split chart, hit-rate chart, stats) HTML: the engine's cache from `snap`, the hit-rate
+    chart and the speed from this tab's `session`."""
+    return heatmap_html(snap), split_chart_html(snap), hitrate_chart_html(session), stats_html(snap, session)
 
 
 def message_text(content) -> str:
@@ -37,19 +46,33 @@ def message_text(content) -> str:
     return "" if content is None else str(content)
 
 
-def vram_range(snap: dict, hw: dict, simulated: bool) -> dict:
-    """Slider settings in GB: from the engine's minimum to the GPU's total VRAM (CPU mode: to the
-    budget that caches every expert whole, a simulated range)."""
+def vram_bounds(snap: dict, hw: dict) -> tuple[float, float]:
+    """(low, high) bytes of the VRAM slider: from the engine's minimum to the budget that caches every
+    expert whole, and no further than the GPU's total VRAM (a simulated cache has no GPU to cap it)."""
     budgets = snap["budgets"]
-    low = budgets["min_vram_bytes"] / GB
-    all_experts = snap["num_layers"] * snap["num_experts"] * snap["expert_bytes"] / GB
-    high = low + all_experts * 1.05 if simulated else hw.get("vram_total_bytes", 0) / GB
+    low = budgets["min_vram_bytes"]
+    high = low + 1.05 * snap["num_layers"] * snap["num_experts"] * snap["expert_bytes"]
+    if not budgets.get("simulated") and hw.get("vram_total_bytes"):
+        high = min(high, hw["vram_total_bytes"])
+    return low, max(high, low)
+
+
+def slider_unit(snap: dict, hw: dict) -> tuple[float, str]:
+    """(bytes per slider unit, its name): MB while the slider's whole range is below 1 GB, else GB."""
+    return (MB, "MB") if vram_bounds(snap, hw)[1] < GB else (GB, "GB")
+
+
+def vram_range(snap: dict, hw: dict) -> dict:
+    """gr.Slider settings in the slider's unit (`slider_unit`), between `vram_bounds`."""
+    budgets = snap["budgets"]
+    scale, unit = slider_unit(snap, hw)
+    low, high = (b / scale for b in vram_bounds(snap, hw))
     step = 10 ** math.floor(math.log10(max(high - low, 1e-6) / 100))
     low = math.ceil(low / step - 1e-9) * step
     high = max(low + step, math.ceil(high / step) * step)
-    value = budgets["vram_bytes"] / GB if budgets.get("vram_bytes") else high
+    value = budgets["vram_bytes"] / scale if budgets.get("vram_bytes") else high
     digits = max(0, -math.floor(math.log10(step)))
-    label = "VRAM budget (GB" + (", simulated: CPU mode)" if simulated else ")")
+    label = f"VRAM budget ({unit}" + (", simulated: CPU mode)" if budgets.get("simulated") else ")")
     return dict(minimum=round(low, digits), maximum=round(high, digits), step=step,
                 value=round(min(max(value, low), high), digits), label=label)
 
@@ -58,35 +81,40 @@ class Controller:
     def __init__(self, config: AppConfig, hw: dict, worker: EngineWorker | None = None):
         self.config, self.hw = config, hw
         self.worker = worker or EngineWorker()
-        self.simulated = cpu_mode(hw, config.device)
-        self.message = status_html("busy", "Starting…")
+        self.cpu = cpu_mode(hw, config.device)  # the model computes on the CPU (in place, or with a simulated cache)
+        self.start_problem: tuple[str, str] | None = None  # (level, why) the start-up model was not loaded
 
     # ---- loading ----
     def _load_kwargs(self, quant: str, policy: str) -> dict:
+        """Engine.load's options. On the CPU the engine's own rule picks the mode unless the config names
+        one: the demo (or any model given --vram-gb) simulates a VRAM cache, to show the cache at work;
+        a real model computes its experts in place (the fast CPU path, nothing to cache)."""
         vram = self.config.vram_gb or default_vram_gb(self.hw, self.config.device)
-        mode = dict(cpu_mode="simulated") if self.simulated else {}  # the page shows the cache at work
         return dict(vram_gb=vram, device=self.config.device, dtype=self.config.dtype, quant=quant, policy=policy,
-                    **mode)
+                    cpu_mode=self.config.cpu_mode)
 
     def _after_load(self, engine) -> None:
-        """CPU mode without --vram-gb: a simulated budget that caches part of the experts, so the
-        panels show the cache at work."""
-        if self.simulated and self.config.vram_gb is None:
-            snap = engine.snapshot()
+        """A simulated cache without --vram-gb: a budget that caches part of the experts, so the panels
+        show the cache at work."""
+        snap = engine.snapshot()
+        if snap["budgets"].get("simulated") and self.config.vram_gb is None:
             all_experts = snap["num_layers"] * snap["num_experts"] * snap["expert_bytes"]
             engine.reconfigure(vram_gb=engine.min_vram_gb + SIMULATED_CACHE_SHARE * all_experts / GB)
 
-    def start(self) -> None:
+    def check(self, choice: str, quant: str) -> models.ModelCheck:
+        return models.check(choice, quant, psutil.virtual_memory().available, self.cpu)
+
+    def start(self) -> models.ModelCheck:
         """Begin loading the configured model in the background; a hub model is only used if it
-        is already downloaded (the network is never touched at start)."""
-        check = models.check(self.config.model, self.config.quant, psutil.virtual_memory().available, self.simulated)
+        is already downloaded (the network is never touched at start). Returns the check."""
+        check = self.check(self.config.model, self.config.quant)
         if check.hub_id or not check.loadable:
-            level = "warn" if check.hub_id else "error"
-            self.message = status_html(level, check.message + (" Press Load to download it." if check.hub_id else ""))
-            return
-        self.message = status_html("busy", f"Loading {check.choice}…")
+            self.start_problem = ("warn", f"{check.message} Press Load to download it.") if check.hub_id \
+                else ("error", check.message)
+            return check
         self.worker.load(str(check.folder), label=check.choice, after=self._after_load,
                          **self._load_kwargs(self.config.quant, self.config.policy))
+        return check
 
     def _wait_with_progress(self, future, progress) -> None:
         while not future.done():
@@ -94,32 +122,43 @@ class Controller:
             progress(fraction, desc=stage)
             time.sleep(0.1)
 
-    def _loaded_outputs(self):
+    def model_status(self) -> str:
+        """The status line for the engine as it is now: loaded (with the quant decision), failed, or none."""
+        w = self.worker
+        if w.engine is not None:
+            mode = MODE_WORDS.get((w.last_snapshot or {}).get("mode"), "")
+            fit = getattr(w.engine, "fit", None)
+            text = " ".join(n for n in (f"{fit.message()}." if fit else "", w.load_warning or "") if n)
+            tight = fit is not None and fit.level == "warn"
+            return status_html("warn" if w.load_warning or tight else "ok", f"Loaded {w.model_label}{mode}. {text}")
+        if w.load_error:
+            return status_html("error", f"Could not load {w.model_label}: {w.load_error}")
+        if self.start_problem:
+            return status_html(*self.start_problem)
+        return status_html("warn", "No model is loaded: pick one above and press Load.")
+
+    def _loaded_outputs(self, session: Session):
         snap = self.worker.last_snapshot
         if self.worker.engine is None or snap is None:
-            error = self.worker.load_error
-            self.message = status_html("error", error) if error else self.message
-            return (self.message, gr.Slider(interactive=False), *panels(None), gr.skip(), gr.skip())
-        slider = gr.Slider(interactive=True, **vram_range(snap, self.hw, self.simulated))
+            return (session.status, gr.Slider(interactive=False), *panels(None), gr.skip(), gr.skip(), session)
+        if snap["budgets"].get("in_place"):
+            slider = gr.Slider(interactive=False, label="VRAM budget: none (experts computed in place in RAM)")
+        else:
+            slider = gr.Slider(interactive=True, **vram_range(snap, self.hw))
         sampling = self.worker.engine.sampling_defaults  # the model's generation_config.json, as Ollama does
-        return (self.message, slider, *panels(snap), sampling["temperature"], sampling["top_p"])
+        return (session.status, slider, *panels(snap, session), sampling["temperature"], sampling["top_p"], session)
 
-    def _loaded_message(self, label: str, warning: str = "") -> str:
-        warning = " ".join(w for w in (warning, self.worker.load_warning or "") if w)
-        return status_html("warn" if warning else "ok", f"Loaded {label}." + (f" {warning}" if warning else ""))
-
-    def page_load(self, progress=gr.Progress()):
-        """Fill the page once the start-up load (if any) is done, showing its progress meanwhile."""
-        was_loading = self.worker.loading
-        if was_loading:
-            self._wait_with_progress(was_loading, progress)
+    def page_load(self, session: Session, progress=gr.Progress()):
+        """Fill a new tab once the start-up load (if any) is done, showing its progress meanwhile."""
+        loading = self.worker.loading
+        if loading:
+            self._wait_with_progress(loading, progress)
         self.worker.wait_loaded()
-        if self.worker.engine is not None and (was_loading is not None or "mp-busy" in self.message):
-            self.message = self._loaded_message(self.worker.model_label)
-        return self._loaded_outputs()
+        session.status = session.status or self.model_status()
+        return self._loaded_outputs(session)
 
     def validate(self, choice: str, quant: str) -> str:
-        check = models.check(choice, quant, psutil.virtual_memory().available, self.simulated)
+        check = self.check(choice, quant)
         return status_html(check.level, check.message)
 
     def _download(self, repo_id: str, progress):
@@ -128,7 +167,7 @@ class Controller:
         def job():
             try:
                 box["folder"] = models.download(repo_id, lambda stage, f: box.update(progress=(stage, f)))
-            except Exception as exc:  # noqa: BLE001 - shown in the status line
+            except Exception as exc:  # noqa: BLE001 - a ModelLoadError in one plain line, shown in the status
                 box["error"] = str(exc)
 
         thread = threading.Thread(target=job, daemon=True)
@@ -139,73 +178,92 @@ class Controller:
             thread.join(0.2)
         return box.get("folder"), box.get("error")
 
-    def load_model(self, choice: str, quant: str, policy: str, progress=gr.Progress()):
-        ram = psutil.virtual_memory().available
-        check = models.check(choice, quant, ram, self.simulated)
-        if check.hub_id:
+    def load_model(self, choice: str, quant: str, policy: str, session: Session, progress=gr.Progress()):
+        skip = (gr.skip(),) * 7
+        check = self.check(choice, quant)
+        if check.hub_id and check.loadable:
             folder, error = self._download(check.hub_id, progress)
             if error:
-                return (status_html("error", error), *(gr.skip(),) * 7)
-            check = models.check_folder(folder, quant, ram, self.simulated, choice)
+                session.status = status_html("error", error)
+                return (session.status, *skip, session)
+            check = models.check_folder(folder, quant, psutil.virtual_memory().available, self.cpu, choice)
         if not check.loadable:  # the current model, if any, stays loaded
-            return (status_html("error", check.message), *(gr.skip(),) * 7)
+            session.status = status_html("error", check.message)
+            return (session.status, *skip, session)
         future = self.worker.load(str(check.folder), label=choice, after=self._after_load,
                                   **self._load_kwargs(quant, policy))
         self._wait_with_progress(future, progress)
         self.worker.wait_loaded()
-        if self.worker.engine is not None:
-            self.message = self._loaded_message(choice, check.message if check.level == "warn" else "")
-        else:
-            self.message = status_html("error", f"Could not load {choice}: {self.worker.load_error}")
-        return self._loaded_outputs()
+        session.status = self.model_status()
+        return self._loaded_outputs(session)
 
     # ---- layout ----
-    def _relayout(self, what: str, **kwargs):
+    def _relayout(self, what: str, session: Session, **kwargs):
         if self.worker.engine is None:
-            return (status_html("error", "Load a model first."), *(gr.skip(),) * 4)
+            session.status = status_html("error", "No model is loaded: pick one above and press Load.")
+            return (session.status, *(gr.skip(),) * 4, session)
         start = time.perf_counter()
         try:
             snap = self.worker.reconfigure(**kwargs)
         except Exception as exc:  # noqa: BLE001 - BudgetError names the minimum; keep serving
-            return (status_html("error", str(exc)), *(gr.skip(),) * 4)
+            session.status = status_html("error", str(exc))
+            return (session.status, *(gr.skip(),) * 4, session)
         elapsed = time.perf_counter() - start
         slots = sum(layer["slots"] for layer in snap["layers"])
         cache = fmt_bytes(snap["budgets"]["cache_bytes"])
-        self.message = status_html("ok", f"{what}: re-laid out in {elapsed:.2f} s without reloading: "
-                                         f"{slots} cache slots, {cache} of expert cache.")
-        return (self.message, *panels(snap))
+        session.status = status_html("ok", f"{what}: re-laid out in {elapsed:.2f} s without reloading: "
+                                           f"{slots} cache slots, {cache} of expert cache.")
+        return (session.status, *panels(snap, session), session)
 
-    def set_vram(self, vram_gb: float):
-        label = "(simulated) " if self.simulated else ""
-        return self._relayout(f"VRAM budget {label}{float(vram_gb):g} GB", vram_gb=float(vram_gb))
+    def set_vram(self, value: float, session: Session):
+        """The slider's value, in its unit (`slider_unit`: MB while its range is below 1 GB, else GB)."""
+        snap = self.worker.last_snapshot
+        scale, unit = slider_unit(snap, self.hw) if snap is not None else (GB, "GB")
+        label = "(simulated) " if snap and snap["budgets"].get("simulated") else ""
+        return self._relayout(f"VRAM budget {label}{float(value):g} {unit}", session, vram_gb=float(value) * scale / GB)
 
-    def set_policy(self, policy: str):
-        return self._relayout(f"Policy {policy}", policy=policy)
+    def set_policy(self, policy: str, session: Session):
+        return self._relayout(f"Policy {policy}", session, policy=policy)
 
     # ---- chat ----
-    def chat(self, message, history, system: str, temperature: float, top_p: float, max_new_tokens: float):
+    def chat(self, message, history, system: str, temperature: float, top_p: float, max_new_tokens: float,
+             session: Session):
+        """Stream the reply into the chat and this tab's panels. A user mistake (an empty message, no model)
+        is answered in the page, never with a traceback."""
         text = message_text(message).strip()
         if not text:
-            raise gr.Error("Type a message first: an empty message cannot be answered.")
-        if self.worker.engine is None:
-            self.worker.wait_loaded()
-        if self.worker.engine is None:
-            raise gr.Error(f"No model is loaded. {self.worker.load_error or 'Pick one and press Load.'}")
+            raise gr.Error("empty message: type something to send", print_exception=False)
         turns = [{"role": m["role"], "content": message_text(m.get("content"))} for m in (history or [])
                  if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
         turns.append({"role": "user", "content": text})
+        if self.worker.engine is None:
+            self.worker.wait_loaded()
+        if self.worker.engine is None:
+            reason = self.worker.load_error or (self.start_problem or ("", ""))[1]
+            note = "No model is loaded, so nothing can answer: pick one above and press Load." + (
+                f" ({reason})" if reason else "")
+            session.status = status_html("error", note)
+            yield ("", turns + [{"role": "assistant", "content": f"⚠ {note}"}], *(gr.skip(),) * 4, session.status,
+                   session)
+            return
         prompt = ([{"role": "system", "content": system.strip()}] if (system or "").strip() else []) + turns
         shown = turns + [{"role": "assistant", "content": ""}]
-        yield ("", shown, *(gr.skip(),) * 4)
+        session.begin_reply(self.worker.last_snapshot)
+        yield ("", shown, *(gr.skip(),) * 5, session)
         options = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
         try:
             for delta, snap in self.worker.stream(prompt, **options):
                 if not delta and snap is None:
-                    yield (gr.skip(),) * 6
+                    yield (gr.skip(),) * 7 + (session,)
                     continue
                 shown[-1]["content"] += delta
-                yield (gr.skip(), shown, *(panels(snap) if snap is not None else (gr.skip(),) * 4))
-        except Exception as exc:  # noqa: BLE001 - GenerationError, out of memory: shown, app keeps serving
-            if "out of memory" in str(exc).lower():
-                raise gr.Error(f"Out of memory while generating: lower the VRAM budget or use int4. ({exc})")
-            raise gr.Error(str(exc) or type(exc).__name__)
+                session.add(snap)
+                yield (gr.skip(), shown, *(panels(snap, session) if snap is not None else (gr.skip(),) * 4),
+                       gr.skip(), session)
+        except Exception as exc:  # noqa: BLE001 - GenerationError, out of memory: shown, the app keeps serving
+            problem = str(exc) or type(exc).__name__
+            if "out of memory" in problem.lower():
+                problem = f"out of memory while generating: lower the VRAM budget or use int4 ({problem})"
+            session.status = status_html("error", problem)
+            shown[-1]["content"] += f"\n\n⚠ {problem}"
+            yield (gr.skip(), shown, *(gr.skip(),) * 4, session.status, session)

@@ -4,9 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moepic_core.cache.policies import POLICY_CHOICES as POLICIES  # noqa: F401 ("auto" first: by measurement)
+from moepic_core.config import CPU_MODES
+from moepic_core.fit import AUTO, QUANT_CHOICES
+from moepic_core.options import DTYPES, bad
 
 DEVICES = ("auto", "cpu", "cuda")
-QUANTS = ("none", "int8", "int4")
+QUANTS = QUANT_CHOICES  # "auto" first: the best quality that fits the free RAM and disk
 GB = 1e9  # the engine's vram_gb and the UI's GB are decimal gigabytes
 VRAM_RESERVE_GB = 1.0  # left free for the CUDA context, other programs and fragmentation
 SIMULATED_CACHE_SHARE = 0.35  # CPU mode default: a cache for about this share of all expert bytes
@@ -17,18 +20,29 @@ class AppConfig:
     model: str = "demo"
     vram_gb: float | None = None  # None: detected free VRAM minus the reserve; CPU mode: simulated
     device: str = "auto"
-    quant: str = "none"
+    quant: str = AUTO
     policy: str = "auto"
     dtype: str | None = None
     max_new_tokens: int = 256
+    # CPU only: "simulated" holds a VRAM-sized expert cache in RAM (the panels show it at work), "in-place"
+    # computes experts where they lie in RAM (fast, nothing cached); "auto": simulated for the demo or
+    # when --vram-gb is given, else in place (the engine's rule, EngineConfig.cpu_mode)
+    cpu_mode: str = "auto"
 
     def __post_init__(self):
+        """Refuses a bad value in the engine's words (moepic_core.options), so launch.py says what the CLI says."""
         for name, value, allowed in (("device", self.device, DEVICES), ("quant", self.quant, QUANTS),
                                      ("policy", self.policy, POLICIES)):
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        if self.vram_gb is not None and self.vram_gb <= 0:
-            raise ValueError(f"vram_gb must be positive; got {self.vram_gb}")
+                raise bad(name, value, allowed)
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise bad("dtype", self.dtype)
+        if self.vram_gb is not None and not self.vram_gb >= 0:
+            raise bad("vram_gb", self.vram_gb)
+        if self.max_new_tokens < 1:
+            raise bad("max_new_tokens", self.max_new_tokens)
+        if self.cpu_mode not in CPU_MODES:
+            raise bad("cpu_mode", self.cpu_mode, CPU_MODES)
 
 
 def default_vram_gb(hw: dict, device: str) -> float | None:

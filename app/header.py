@@ -26,7 +26,9 @@ def header_html(hw: dict) -> str:
     banner = ""
     if not hw.get("cuda"):
         banner = ('<div class="mp-cpu-banner"><b>CPU mode.</b> No CUDA GPU is available, so the model runs on the '
-                  'CPU. The VRAM budget is <b>simulated</b>: the expert cache is held to that size in RAM and '
-                  'behaves as it would on a GPU of that size; speeds are CPU speeds.</div>')
+                  'CPU. The demo (or a model given <code>--vram-gb</code>) gets a <b>simulated</b> VRAM budget: the '
+                  'expert cache is held to that size in RAM and behaves as it would on a GPU of that size. A larger '
+                  'model computes its experts <b>in place</b> in RAM, the fast way, with no cache to show. Speeds '
+                  'are CPU speeds.</div>')
     return (f'<div class="mp-header"><div class="mp-brand">MoEpic</div>'
             f'<div class="mp-hw">{gpu} · {ram} · {cores}</div></div>{banner}')

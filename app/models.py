@@ -1,31 +1,38 @@
-"""The model picker's logic: the choices, inline validation of a folder, the host-RAM check, and
-hub downloads (only when the user asks; never at start).
+"""The model picker's logic: the choices, the check of a choice before loading (the engine's own
+validation and its `--quant auto` decision, moepic_core.fit), and hub downloads (only when the user
+asks; never at start).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
-from app.panels import fmt_bytes
+from moepic_core.units import fmt_bytes
 
 DEMO = "demo"
 DEMO_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
-RAM_WARN_SHARE = 0.8  # warn when a model needs more than this share of the available RAM
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
 class ModelCheck:
-    """What the picker knows about a choice before loading. `level` is "ok", "warn" or "error"."""
+    """What the picker knows about a choice before loading. `level` is "ok", "warn" or "error";
+    `option` names what an error is about: "model" (--model, the picker) or "quant" (--quant)."""
 
     choice: str
     level: str
     message: str
     folder: Path | None = None  # a loadable folder, when there is one
     hub_id: str | None = None  # set when the model must be downloaded first
-    need_bytes: int | None = None
+    option: str = "model"
+    problem: str = ""  # an error without the model's description, for one command-line line
+
+    def flag_line(self) -> str:
+        """The error as launch.py prints it: `--quant none does not fit ...`, `--model: model folder not found: ...`."""
+        problem = self.problem or self.message
+        return f"--{self.option} {problem}" if self.option != "model" else f"--model: {problem}"
 
     @property
     def loadable(self) -> bool:
@@ -55,63 +62,54 @@ def cached_hub_folder(repo_id: str) -> Path | None:
     return folder if folder is not None and any(folder.glob("*.safetensors")) else None
 
 
-def engine_dtype(folder: Path | None, cpu: bool) -> str:
-    """The dtype the engine will compute in: float32 on the CPU, the checkpoint's half type on a GPU."""
-    if cpu:
-        return "float32"
+def engine_dtype(config, cpu: bool) -> str:
+    """The dtype the engine will pick for this transformers config (or stand-in) on this device."""
+    import torch
+
+    from moepic_core.engine import default_dtype
+
+    return default_dtype(config, torch.device("cpu" if cpu else "cuda"))
+
+
+def fit_check(choice: str, spec, dtype: str, quant: str, ram_available: int, cpu: bool, intro: str,
+              **found) -> ModelCheck:
+    """The quant decision (moepic_core.fit) for `spec` on this machine as a picker message."""
+    from moepic_core.errors import OptionError
+    from moepic_core.fit import decide_quant, free_disk_bytes
+    from moepic_core.store import default_cache_dir
+
+    cache = default_cache_dir()
+    where = "" if cpu else " (the dense part goes to VRAM)"
+    intro += (f"{spec.family}, {spec.num_moe_layers} MoE layers × {spec.num_experts} experts (top-{spec.top_k}), "
+              f"{dtype}{where}. ")
     try:
-        cfg = json.loads((folder / "config.json").read_text()) if folder else {}
-    except (OSError, ValueError):
-        cfg = {}
-    return "bfloat16" if "bfloat16" in str(cfg.get("dtype") or cfg.get("torch_dtype") or "") else "float16"
-
-
-def ram_need_spec(spec, quant: str, dtype: str, cpu: bool) -> tuple[int, str]:
-    """Bytes of host RAM for the experts (plus the dense part in CPU mode), and a breakdown."""
-    store = spec.store_bytes(quant, dtype)
-    dense = spec.dense_bytes(dtype) if cpu else 0
-    where = f" + dense part {fmt_bytes(dense)}" if cpu else " (dense part goes to VRAM)"
-    detail = (f"{spec.family}, {spec.num_moe_layers} MoE layers × {spec.num_experts} experts (top-{spec.top_k}); "
-              f"experts {fmt_bytes(store)} at {quant if quant != 'none' else dtype}{where}")
-    return store + dense, detail
-
-
-def ram_verdict(need: int, available: int) -> tuple[str, str]:
-    numbers = f"needs ≈ {fmt_bytes(need)} of RAM, {fmt_bytes(available)} available"
-    if need > available:
-        return "error", f"Not enough RAM: this model {numbers}. Pick int4/int8 or a smaller model."
-    if need > RAM_WARN_SHARE * available:
-        return "warn", f"Tight on RAM: this model {numbers}; the machine may swap."
-    return "ok", f"RAM check passed: {numbers}."
+        fit = decide_quant(spec, quant, dtype=dtype, cpu=cpu, ram_available=ram_available,
+                           disk_free=free_disk_bytes(cache), cache_dir=cache)
+    except OptionError as exc:
+        return ModelCheck(choice, "error", intro + str(exc), option=exc.option, problem=exc.problem)
+    return ModelCheck(choice, fit.level, intro + fit.message(), **found)
 
 
 def check_folder(folder: Path, quant: str, ram_available: int, cpu: bool, choice: str | None = None) -> ModelCheck:
-    choice = choice or str(folder)
-    if not folder.is_dir():
-        return ModelCheck(choice, "error", f"No such folder: {folder}")
-    if not (folder / "config.json").is_file():
-        return ModelCheck(choice, "error", f"{folder} has no config.json: it is not a transformers model folder.")
-    if not any(folder.glob("*.safetensors")):
-        return ModelCheck(choice, "error", f"{folder} has no .safetensors weights (other formats are not read).")
-    from moepic_core.models import load_spec
+    """A local model folder, checked by the engine's own code (same words as the CLI), then the fit."""
+    from moepic_core.errors import MoepicError
+    from moepic_core.models import load_config, load_spec
 
+    choice = choice or str(folder)
     try:
-        need, detail = ram_need_spec(load_spec(folder), quant, engine_dtype(folder, cpu), cpu)
-    except Exception as exc:  # noqa: BLE001 - MoepicError, bad config: shown inline as is
+        spec = load_spec(folder)
+        dtype = engine_dtype(load_config(folder), cpu)
+    except MoepicError as exc:
         return ModelCheck(choice, "error", str(exc))
-    level, verdict = ram_verdict(need, ram_available)
-    return ModelCheck(choice, level, f"{detail}. {verdict}", folder=folder, need_bytes=need)
+    return fit_check(choice, spec, dtype, quant, ram_available, cpu, "", folder=folder)
 
 
 def check(choice: str, quant: str, ram_available: int, cpu: bool) -> ModelCheck:
     """Validate a picker entry (demo, a hub id, or a folder path) without loading anything."""
     choice = (choice or "").strip()
     if not choice:
-        return ModelCheck(choice, "error", "Pick a model or type a folder path.")
+        return ModelCheck(choice, "error", "no model given: pick one or type a folder path")
     if choice == DEMO:
-        if not (DEMO_FOLDER / "config.json").is_file():
-            return ModelCheck(choice, "error", f"The built-in demo model is missing ({DEMO_FOLDER}). "
-                                               "Type the path of a model folder instead.")
         return check_folder(DEMO_FOLDER, quant, ram_available, cpu, choice)
     if is_hub_id(choice):
         folder = cached_hub_folder(choice)
@@ -122,19 +120,24 @@ def check(choice: str, quant: str, ram_available: int, cpu: bool) -> ModelCheck:
 
 
 def check_hub(repo_id: str, quant: str, ram_available: int, cpu: bool) -> ModelCheck:
-    """A known hub model that is not downloaded: the RAM check from its preset, before any download."""
+    """A hub model that is not downloaded: the disk for the download, then the fit from its preset."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from moepic_core.fit import free_disk_bytes
     from moepic_core.presets import preset_for_hub
 
     preset = preset_for_hub(repo_id)
     intro = f"{repo_id} is not downloaded yet: Load downloads it from huggingface.co (safetensors only)"
     if preset is None:
         return ModelCheck(repo_id, "warn", f"{intro}; its size is checked after the download.", hub_id=repo_id)
-    dtype = "float32" if cpu else "bfloat16"
-    need, detail = ram_need_spec(preset, quant, dtype, cpu)
     download_bytes = preset.store_bytes("none", "bfloat16") + preset.dense_bytes("bfloat16")
-    level, verdict = ram_verdict(need, ram_available)
-    return ModelCheck(repo_id, level, f"{intro}, ≈ {fmt_bytes(download_bytes)}. {detail}. {verdict}",
-                      hub_id=repo_id if level != "error" else None, need_bytes=need)
+    disk = free_disk_bytes(Path(HF_HUB_CACHE))
+    if download_bytes > disk:
+        return ModelCheck(repo_id, "error", f"{intro}, ≈ {fmt_bytes(download_bytes)}, but the disk of {HF_HUB_CACHE} "
+                                            f"has {fmt_bytes(disk)} free (HF_HOME puts it on another disk).")
+    dtype = engine_dtype(SimpleNamespace(dtype="bfloat16"), cpu)  # the hub checkpoints are bfloat16
+    return fit_check(repo_id, preset, dtype, quant, ram_available, cpu,
+                     f"{intro}, ≈ {fmt_bytes(download_bytes)} ({fmt_bytes(disk)} free on disk). ", hub_id=repo_id)
 
 
 def download(repo_id: str, progress) -> Path:

@@ -9,23 +9,14 @@ import base64
 import html
 import io
 
+from moepic_core.units import fmt_bytes  # noqa: F401 - the panels' byte format, shared with the engine
+
 # One colour per cache state; the same colours in the heatmap, the hit-rate chart and the legends.
 NOT_CACHED, TOP_CACHED, FULL_CACHED = "#e5e7eb", "#93c5fd", "#1e40af"
 ACTIVE, PREFETCHED, MISS = "#f97316", "#16a34a", "#f3f4f6"
 _CACHE_COLOUR = {None: NOT_CACHED, "top": TOP_CACHED, "full": FULL_CACHED}
 GRID_MAX_CELLS = 768  # above this many cells the heatmap is a PNG instead of a CSS grid
 PNG_WIDTH, PNG_HEIGHT = 520, 320  # pixels: within the panel, so the browser scales the PNG up, never down
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" or abs(n) >= 100 else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def fmt_pct(x: float | None) -> str:
@@ -42,9 +33,18 @@ def heatmap_legend() -> str:
     items = [(f"background:{NOT_CACHED}", "not cached"), (f"background:{TOP_CACHED}", "top segment cached"),
              (f"background:{FULL_CACHED}", "whole expert cached"),
              (f"background:{NOT_CACHED};box-shadow:inset 0 0 0 3px {ACTIVE}", "active this token"),
-             (f"background:radial-gradient({PREFETCHED} 38%, {NOT_CACHED} 42%)", "prefetched (predicted)")]
+             (f"background:radial-gradient({PREFETCHED} 38%, {NOT_CACHED} 42%)",
+              "guessed for this token and copied ahead (on grey: into the staging area, not kept in the cache)")]
     swatches = "".join(f'<span class="mp-key"><i style="{s}"></i>{t}</span>' for s, t in items)
     return f'<div class="mp-legend">{swatches}</div>'
+
+
+def layer_span(layers: list[dict]) -> str:
+    """The decoder-layer numbers of the MoE layers, e.g. "decoder layers 2–6" (the numbering every CLI uses)."""
+    numbers = [l["layer"] for l in layers]
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"decoder layers {numbers[0]}–{numbers[-1]}" if len(numbers) > 1 else f"decoder layer {numbers[0]}"
+    return "decoder layers " + ", ".join(map(str, numbers))
 
 
 def _cell_state(layer: dict, e: int) -> tuple[str | None, bool, bool]:
@@ -61,9 +61,9 @@ def _grid(layers: list[dict], experts: int) -> str:
             state = {None: "not cached", "top": "top cached", "full": "full cached"}[cached]
             extra = (", active" if e in active else "") + (", prefetched" if e in pref else "")
             cells.append(f'<div class="{cls}" style="background:{_CACHE_COLOUR[cached]}" '
-                         f'title="layer {layer["layer"]}, expert {e}: {state}{extra}"></div>')
-        rows.append(f'<div class="mp-rowlabel">L{layer["layer"]}</div>' + "".join(cells))
-    head = '<div class="mp-rowlabel"></div>' + "".join(f'<div class="mp-collabel">{e}</div>' for e in range(experts))
+                         f'title="decoder layer {layer["layer"]}, expert {e}: {state}{extra}"></div>')
+        rows.append(f'<div class="mp-rowlabel">{layer["layer"]}</div>' + "".join(cells))
+    head = '<div class="mp-rowlabel">layer</div>' + "".join(f'<div class="mp-collabel">{e}</div>' for e in range(experts))
     style = f"grid-template-columns: 2.6em repeat({experts}, minmax(0, 1fr))"
     return f'<div class="mp-grid" style="{style}">{head}{"".join(rows)}</div>'
 
@@ -109,19 +109,23 @@ def heatmap_html(snap: dict | None) -> str:
     else:
         data = base64.b64encode(heatmap_png(layers, experts)).decode()
         body = (f'<img class="mp-heatpng" alt="expert cache heatmap" src="data:image/png;base64,{data}">'
-                f'<div class="mp-axis">rows: MoE layers {layers[0]["layer"]}–{layers[-1]["layer"]} top to bottom · '
+                f'<div class="mp-axis">rows: {layer_span(layers)} top to bottom · '
                 f'columns: experts 0–{experts - 1} left to right</div>')
     tokens = snap.get("totals", {}).get("tokens", 0)
-    title = (f'<div class="mp-title">Expert cache · {len(layers)} MoE layers × {experts} experts, '
-             f'top-{snap.get("top_k", "?")} · after token {tokens}</div>')
+    title = (f'<div class="mp-title">Expert cache · {len(layers)} MoE layers ({layer_span(layers)}) × {experts} '
+             f'experts, top-{snap.get("top_k", "?")} · after token {tokens}</div>')
     return f'<div class="mp-panel" data-tokens="{tokens}">{title}{body}{heatmap_legend()}</div>'
 
 
 # ---- per-layer plan: budget and split ratio bars ----
 
-def _hit(layer: dict) -> float | None:
+def _hit(layer: dict) -> str:
+    """Measured hit rate, saying whether hits are whole experts ("full") or top segments ("top")."""
     n = layer.get("hits", 0) + layer.get("misses", 0)
-    return layer["hits"] / n if n else None
+    if not n:
+        return "–"
+    full, top = layer.get("full_hits", 0) / n, layer.get("top_hits", 0) / n
+    return " · ".join(f"{kind} {fmt_pct(x)}" for kind, x in (("full", full), ("top", top)) if x) or "0%"
 
 
 def split_chart_html(snap: dict | None) -> str:
@@ -134,23 +138,23 @@ def split_chart_html(snap: dict | None) -> str:
         width_b = 100 * l["budget_bytes"] / biggest
         width_r = 100 * l["split_ratio"]
         rows.append(
-            f'<tr><td class="mp-l">L{l["layer"]}</td>'
+            f'<tr><td class="mp-l">{l["layer"]}</td>'
             f'<td class="mp-n">{fmt_bytes(l["budget_bytes"])}</td>'
             f'<td><div class="mp-bar"><b style="width:{width_b:.1f}%;background:{FULL_CACHED}"></b></div></td>'
             f'<td class="mp-n">{l["split_ratio"]:.2f}</td>'
             f'<td><div class="mp-bar"><b style="width:{width_r:.1f}%;background:{TOP_CACHED}"></b></div></td>'
             f'<td class="mp-n">{l["slots"]}</td><td class="mp-n">{fmt_pct(l.get("predicted_hit_rate"))}</td>'
-            f'<td class="mp-n">{fmt_pct(_hit(l))}</td></tr>')
+            f'<td class="mp-n">{_hit(l)}</td></tr>')
     layout = snap.get("layout", {})
     total = sum(l["budget_bytes"] for l in layers)
-    head = ('<tr><th>layer</th><th colspan="2">expert-cache budget</th><th colspan="2">split ratio r (top share)</th><th>slots</th>'
-            '<th>predicted hit</th><th>measured hit</th></tr>')
+    head = ('<tr><th>decoder layer</th><th colspan="2">expert-cache budget</th><th colspan="2">split ratio r '
+            '(top share)</th><th>slots</th><th>predicted hit</th><th>measured hit (since load)</th></tr>')
     title = (f'<div class="mp-title">Per-layer plan · layout: {html.escape(str(layout.get("source", "?")))} · '
              f'cache total {fmt_bytes(total)}</div>')
     return f'<div class="mp-panel">{title}<div class="mp-scroll"><table class="mp-plan">{head}{"".join(rows)}</table></div></div>'
 
 
-# ---- hit rate per decode token: full hits stacked under top-segment hits ----
+# ---- hit rate per decode token of this tab's replies: full hits stacked under top-segment hits ----
 
 def _area(xs: list[float], lo: list[float], hi: list[float]) -> str:
     top = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, hi))
@@ -158,73 +162,120 @@ def _area(xs: list[float], lo: list[float], hi: list[float]) -> str:
     return f"{top} {bottom}"
 
 
-def hitrate_chart_html(snap: dict | None, width: int = 640, height: int = 190) -> str:
-    history = (snap or {}).get("history") or []
-    if not history:
-        return _placeholder("Hit rate per generated token appears here while the model writes.")
-    left, right, top, bottom = 38, 8, 8, 26
+def hitrate_legend() -> str:
+    return (f'<div class="mp-legend"><span class="mp-key"><i style="background:{FULL_CACHED}"></i>full hit '
+            f'(whole expert cached, nothing fetched)</span><span class="mp-key"><i style="background:{TOP_CACHED}">'
+            f'</i>top hit (only the top r of the expert cached, the rest fetched)</span><span class="mp-key">'
+            f'<i style="background:#fff;border:1px solid #ccc"></i>miss (whole expert fetched)</span>'
+            f'<span class="mp-key"><i class="mp-marker"></i>start of a reply</span></div>')
+
+
+def hitrate_chart_html(session, width: int = 640, height: int = 190) -> str:
+    """This tab's replies side by side (`app.session.Session`), a dashed line where each one begins."""
+    replies = [r for r in (session.replies if session else ()) if r.rows]
+    if not replies:
+        return _placeholder("Hit rate per generated token of your replies appears here while the model writes.")
+    rows = [row for reply in replies for row in reply.rows]
+    left, right, top, bottom = 38, 8, 14, 26
     w, h = width - left - right, height - top - bottom
-    n = len(history)
-    xs = [left + (w * i / max(1, n - 1) if n > 1 else w / 2) for i in range(n)]
+    n = len(rows)
+    x = lambda i: left + (w * i / (n - 1) if n > 1 else w / 2)  # noqa: E731
     y = lambda v: top + h * (1 - max(0.0, min(1.0, v)))  # noqa: E731
-    full = [r.get("full_hit_rate", 0.0) for r in history]
-    both = [f + r.get("top_hit_rate", 0.0) for f, r in zip(full, history)]
+    xs = [x(i) for i in range(n)]
+    full = [r.get("full_hit_rate", 0.0) for r in rows]
+    both = [f + r.get("top_hit_rate", 0.0) for f, r in zip(full, rows)]
     if n == 1:  # one token: draw it as a bar a few pixels wide
-        xs = [xs[0] - 3, xs[0] + 3]
-        full, both = full * 2, both * 2
+        xs, full, both = [xs[0] - 3, xs[0] + 3], full * 2, both * 2
     base = [y(0.0)] * len(xs)
     grid = "".join(f'<line x1="{left}" x2="{left + w}" y1="{y(v):.1f}" y2="{y(v):.1f}" class="g"/>'
                    f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{int(v * 100)}%</text>'
                    for v in (0.0, 0.5, 1.0))
-    first, last = history[0]["token"], history[-1]["token"]
+    marks, at = [], 0
+    for reply in replies:
+        mx = x(at - 0.5) if at else left
+        if at:
+            marks.append(f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{top - 2}" y2="{top + h}" class="mp-reply"/>')
+        marks.append(f'<text x="{mx + 3:.1f}" y="{top - 4}" class="mp-reply-label">reply {reply.number}</text>')
+        at += len(reply.rows)
     svg = (f'<svg viewBox="0 0 {width} {height}" class="mp-svg" role="img" aria-label="hit rate per token">{grid}'
            f'<polygon points="{_area(xs, base, [y(v) for v in full])}" fill="{FULL_CACHED}"/>'
            f'<polygon points="{_area(xs, [y(v) for v in full], [y(v) for v in both])}" fill="{TOP_CACHED}"/>'
-           f'<text x="{left}" y="{height - 6}">token {first}</text>'
-           f'<text x="{left + w}" y="{height - 6}" text-anchor="end">token {last}</text>'
-           f'<text x="{left + w / 2}" y="{height - 6}" text-anchor="middle">decode token (last {n})</text></svg>')
-    legend = (f'<div class="mp-legend"><span class="mp-key"><i style="background:{FULL_CACHED}"></i>full hit '
-              f'(whole expert cached)</span><span class="mp-key"><i style="background:{TOP_CACHED}"></i>top hit '
-              f'(top cached, bottom fetched)</span><span class="mp-key"><i style="background:#fff;border:1px solid #ccc">'
-              f'</i>miss (whole expert fetched)</span></div>')
-    return f'<div class="mp-panel"><div class="mp-title">Hit rate per token (share of activated experts)</div>{svg}{legend}</div>'
+           f'{"".join(marks)}'
+           f'<text x="{left + w / 2}" y="{height - 6}" text-anchor="middle">decoded tokens of your last '
+           f'{len(replies)} {"reply" if len(replies) == 1 else "replies"} ({n})</text></svg>')
+    title = '<div class="mp-title">Hit rate per token (share of the activated experts), your replies</div>'
+    return f'<div class="mp-panel" data-replies="{len(replies)}">{title}{svg}{hitrate_legend()}</div>'
 
 
 # ---- numbers ----
+
+BASELINE_WORDS = {  # the solver's baselines (layout.prediction["baselines"]) in words
+    "uniform_lru_no_split": "every layer the same budget, whole experts, LRU",
+    "best_uniform_split": "the best single split ratio for every layer",
+}
+
 
 def _card(label: str, value: str, note: str = "") -> str:
     note_html = f'<div class="mp-note">{html.escape(note)}</div>' if note else ""
     return f'<div class="mp-card"><div class="mp-label">{label}</div><div class="mp-value">{value}</div>{note_html}</div>'
 
 
-def stats_html(snap: dict | None) -> str:
+def _mean_top_share(snap: dict) -> float | None:
+    """The mean split ratio of the layers that cache top segments (r < 1), None if none does."""
+    ratios = [l["split_ratio"] for l in snap.get("layers", []) if l.get("slots") and l["split_ratio"] < 1]
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def prediction_words(snap: dict) -> str:
+    """The solver's prediction for the layout in words, beside its baselines and what it models."""
+    pred = (snap.get("layout") or {}).get("prediction") or {}
+    if pred.get("ms_per_token") is None:
+        return f'layout: {html.escape(str((snap.get("layout") or {}).get("source", "?")))}, no prediction'
+    base = "; ".join(f"{BASELINE_WORDS.get(k, k.replace('_', ' '))}: {v:.2f} ms" for k, v in
+                     (pred.get("baselines") or {}).items())
+    link = pred.get("bandwidth_source") or f'{pred.get("bandwidth_gbps", "?")} GB/s'
+    cpu = (" It models a GPU fed through that link, so on this CPU the measured time is far higher."
+           if snap.get("cpu_mode") else "")
+    return (f'The solver predicts {pred["ms_per_token"]:.2f} ms/token for this layout'
+            + (f" (same budget, {base})" if base else "") + f"; link {html.escape(str(link))}.{cpu}")
+
+
+def stats_html(snap: dict | None, session=None) -> str:
+    """Cards for this tab (speed, hits, bytes: its own replies) and the engine (prefetch, budget)."""
     if not snap:
         return _placeholder("No model loaded.")
     t, b = snap.get("totals", {}), snap.get("budgets", {})
-    hits = t.get("top_hits", 0) + t.get("full_hits", 0)
-    activations = hits + t.get("misses", 0)
-    full_share = t.get("full_hits", 0) / activations if activations else None
-    top_share = t.get("top_hits", 0) / activations if activations else None
+    mine = session.totals() if session is not None else {}
+    last = session.last if session is not None else None
+    last_speed = len(last.rows) / last.seconds if last and last.seconds else None  # decode steps / their time
+    speed = f'{last_speed:.1f}<span class="mp-unit">tok/s</span>' if last_speed else '–<span class="mp-unit">tok/s</span>'
+    replies = "your reply" if mine.get("replies") == 1 else f'your {mine.get("replies")} replies'
+    speed_note = (f'last reply: {last.tokens} tokens · {replies}: '
+                  f'{mine["tokens_per_s"]:.1f} tok/s over {mine["tokens"]} tokens' if last and mine.get("tokens_per_s")
+                  else "no reply yet in this tab")
+    measured = 1000 / mine["tokens_per_s"] if mine.get("tokens_per_s") else None
+    pred = ((snap.get("layout") or {}).get("prediction") or {}).get("ms_per_token")
+    r = _mean_top_share(snap)
     vram = b.get("vram_bytes")
-    budget = fmt_bytes(vram) if vram is not None else "no limit"
     sim = "simulated · " if b.get("simulated") else ""
     cards = [
-        _card("speed", f'{t.get("tokens_per_s", 0.0):.1f}<span class="mp-unit">tok/s</span>', f'{t.get("tokens", 0)} tokens'),
-        _card("hit rate", fmt_pct(t.get("hit_rate") if activations else None),
-              f"full {fmt_pct(full_share)} · top {fmt_pct(top_share)}"),
-        _card("moved / token", fmt_bytes(t.get("bytes_per_token")), f'{fmt_bytes(t.get("bytes_fetched"))} in all'),
-        _card("eff. bandwidth", f'{t.get("effective_bandwidth_gbps", 0.0):.2f}<span class="mp-unit">GB/s</span>', "bytes moved ÷ time"),
-        _card("prefetch precision", fmt_pct(t.get("prefetch_precision")), "guesses used"),
-        _card("prefetch recall", fmt_pct(t.get("prefetch_recall")), "uses guessed"),
-        _card("VRAM budget", budget, f'{sim}dense {fmt_bytes(b.get("dense_bytes"))}'),
-        _card("expert cache", fmt_bytes(b.get("cache_bytes")),
+        _card("speed", speed, speed_note),
+        _card("ms / token", f'{measured:.0f}<span class="mp-unit">ms</span>' if measured else "–",
+              f"measured; predicted {pred:.2f} ms/token by the solver" if pred is not None else "measured"),
+        _card("full hits", fmt_pct(mine.get("full_hit_rate")), "whole expert cached: nothing fetched"),
+        _card("top hits", fmt_pct(mine.get("top_hit_rate")),
+              f"top {fmt_pct(r)} of the expert cached, the rest fetched" if r is not None else "no layer is split (r = 1)"),
+        _card("moved / token", fmt_bytes(mine.get("bytes_per_token")),
+              f'{fmt_bytes(t.get("bytes_fetched"))} since load, all tabs'),
+        _card("eff. bandwidth", f'{fmt_bytes(mine.get("bytes_per_s"))}<span class="mp-unit">/s</span>',
+              "bytes moved ÷ decode time"),
+        _card("prefetch", f'{fmt_pct(t.get("prefetch_precision"))} · {fmt_pct(t.get("prefetch_recall"))}',
+              "precision (guesses used) · recall (uses guessed), since load"),
+        _card("VRAM budget", fmt_bytes(vram) if vram is not None else "no limit",
+              f'{sim}expert cache {fmt_bytes(b.get("cache_bytes"))}, '
               f'{sum(l["slots"] for l in snap.get("layers", []))} slots'),
     ]
-    pred = (snap.get("layout") or {}).get("prediction") or {}
     line = (f'{html.escape(str(snap.get("model", "")))} · {snap.get("family", "")} · {snap.get("device", "")} · '
             f'{snap.get("dtype", "")} · quant {snap.get("quant", "")} · policy {snap.get("policy", "")} · '
-            f'one expert {fmt_bytes(snap.get("expert_bytes"))}')
-    if pred.get("ms_per_token") is not None:
-        base = ", ".join(f"{html.escape(str(k))} {v:.1f} ms" for k, v in (pred.get("baselines") or {}).items())
-        line += f' · solver predicts {pred["ms_per_token"]:.1f} ms/token' + (f" (vs {base})" if base else "")
+            f'one expert {fmt_bytes(snap.get("expert_bytes"))}. {prediction_words(snap)}')
     return f'<div class="mp-panel"><div class="mp-cards">{"".join(cards)}</div><div class="mp-foot">{line}</div></div>'

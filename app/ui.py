@@ -6,11 +6,12 @@ from pathlib import Path
 import gradio as gr
 
 from app import models
-from app.callbacks import Controller
+from app.callbacks import Controller, status_html
 from app.config import POLICIES, QUANTS
 from app.header import header_html
 from app.live import follow_engine
 from app.panels import heatmap_html, hitrate_chart_html, split_chart_html, stats_html
+from app.session import Session
 
 CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "app.css"
 ENGINE = dict(concurrency_id="engine", concurrency_limit=1)  # one GPU: engine events run one at a time
@@ -19,10 +20,11 @@ ENGINE = dict(concurrency_id="engine", concurrency_limit=1)  # one GPU: engine e
 def build(c: Controller) -> gr.Blocks:
     cfg = c.config
     with gr.Blocks(title="MoEpic", analytics_enabled=False) as demo:
+        session = gr.State(lambda: Session())  # this tab's own status, replies and speed (a fresh Session per tab)
         gr.HTML(header_html(c.hw), elem_id="header")
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=360):
-                chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", height=440, layout="bubble")
+                chatbot = gr.Chatbot(elem_id="chatbot", label="Chat", show_label=False, height=440, layout="bubble")
                 chat_input = gr.Textbox(elem_id="chat-input", show_label=False, lines=1,
                                         placeholder="Type a message and press Enter…", autofocus=True)
                 with gr.Row():
@@ -42,10 +44,10 @@ def build(c: Controller) -> gr.Blocks:
                 with gr.Row(equal_height=True):
                     picker = gr.Dropdown(models.choices(), value=cfg.model, allow_custom_value=True, scale=5,
                                          label="Model: demo, a hub id, or a folder path", elem_id="model-picker")
-                    quant = gr.Dropdown(list(QUANTS), value=cfg.quant, label="Quantisation", scale=2,
+                    quant = gr.Dropdown(list(QUANTS), value=cfg.quant, label="Quantisation (auto: best that fits)", scale=2,
                                         elem_id="quant")
                     load = gr.Button("Load", elem_id="load", scale=1, min_width=70)
-                status = gr.HTML(c.message, elem_id="status")
+                status = gr.HTML(status_html("busy", "Starting…"), elem_id="status")  # page_load fills it
                 with gr.Row(equal_height=True):
                     slider = gr.Slider(0.0, 1.0, value=1.0, label="VRAM budget (GB)", interactive=False, scale=5,
                                        elem_id="vram-slider")
@@ -56,8 +58,8 @@ def build(c: Controller) -> gr.Blocks:
                 split = gr.HTML(split_chart_html(None), elem_id="split-chart")
         panel_outputs = [heatmap, split, hitrate, stats]
 
-        chat_inputs = [chat_input, chatbot, system, temperature, top_p, max_new]
-        chat_outputs = [chat_input, chatbot, *panel_outputs]
+        chat_inputs = [chat_input, chatbot, system, temperature, top_p, max_new, session]
+        chat_outputs = [chat_input, chatbot, *panel_outputs, status, session]
         sent = send.click(c.chat, chat_inputs, chat_outputs, api_name="chat", show_progress="hidden", **ENGINE)
         submitted = chat_input.submit(c.chat, chat_inputs, chat_outputs, api_name="chat_enter",
                                       api_visibility="undocumented", show_progress="hidden", **ENGINE)
@@ -66,13 +68,13 @@ def build(c: Controller) -> gr.Blocks:
 
         picker.change(c.validate, [picker, quant], status, api_name="validate")
         quant.change(c.validate, [picker, quant], status, api_visibility="undocumented")
-        loaded_outputs = [status, slider, *panel_outputs, temperature, top_p]  # sampling: the model's defaults
-        load.click(c.load_model, [picker, quant, policy], loaded_outputs, api_name="load_model",
-                   **ENGINE)
-        slider.release(c.set_vram, slider, [status, *panel_outputs], api_name="set_vram", **ENGINE)
-        policy.input(c.set_policy, policy, [status, *panel_outputs], api_name="set_policy", **ENGINE)
-        demo.load(c.page_load, None, loaded_outputs, api_name="page_load", concurrency_limit=None)
-        follow_engine(c.worker, panel_outputs)  # API requests show in the panels too
+        loaded_outputs = [status, slider, *panel_outputs, temperature, top_p, session]  # sampling: the model's
+        load.click(c.load_model, [picker, quant, policy, session], loaded_outputs, api_name="load_model", **ENGINE)
+        slider.release(c.set_vram, [slider, session], [status, *panel_outputs, session], api_name="set_vram", **ENGINE)
+        policy.input(c.set_policy, [policy, session], [status, *panel_outputs, session], api_name="set_policy",
+                     **ENGINE)
+        demo.load(c.page_load, session, loaded_outputs, api_name="page_load", concurrency_limit=None)
+        follow_engine(c.worker, session, panel_outputs)  # API requests and other tabs show in the panels too
     return demo
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .cache.policies import POLICY_CHOICES
+from .fit import AUTO, QUANT_CHOICES
+from .options import DTYPES, bad
 from .spec import QUANTS
 
-DTYPES = ("float32", "bfloat16", "float16")
 CPU_MODES = ("auto", "in-place", "simulated")
 GB = 1e9
 
@@ -18,7 +19,7 @@ class EngineConfig:
     cache_gb: float | None = None  # the expert cache alone (overrides vram_gb's share)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str | None = None  # None: float32 on the CPU, the checkpoint's half type on CUDA
-    quant: str = "none"
+    quant: str = AUTO  # "auto": the best quality that fits host RAM and disk (fit.py); or none/int8/int4
     policy: str = "auto"  # a registered policy, or "auto": chosen by replaying the calibration trace
     split: float | str | None = None  # None/"auto": the solver's layout; a float: uniform layout at that ratio
     max_context: int = 4096  # tokens the KV reserve is sized for
@@ -34,24 +35,24 @@ class EngineConfig:
 
     def __post_init__(self):
         if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.quant not in QUANTS:
-            raise ValueError(f"quant must be one of {', '.join(QUANTS)}, got {self.quant!r}")
+            raise bad("dtype", self.dtype)
+        if self.quant not in QUANT_CHOICES:
+            raise bad("quant", self.quant, QUANT_CHOICES)
         if self.policy not in POLICY_CHOICES:
-            raise ValueError(f"policy must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}")
+            raise bad("policy", self.policy, POLICY_CHOICES)
         for name in ("vram_gb", "cache_gb"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if isinstance(self.split, str) and self.split != "auto":
-            raise ValueError(f"split must be a ratio in (0, 1] or 'auto', got {self.split!r}")
-        if isinstance(self.split, (int, float)) and not 0 < self.split <= 1:
-            raise ValueError(f"split must be a ratio in (0, 1], got {self.split}")
+            if value is not None and not value >= 0:  # also refuses NaN
+                raise bad(name, value)
+        if self.split not in (None, "auto") and not (isinstance(self.split, (int, float)) and 0 < self.split <= 1):
+            raise bad("split", self.split)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+            raise bad("device", self.device)
+        if self.max_context < 1:
+            raise bad("max_context", self.max_context)
+        if self.prefetch_extra < 0:
+            raise bad("prefetch_extra", self.prefetch_extra)
         if self.cpu_mode not in CPU_MODES:
-            raise ValueError(f"cpu_mode must be one of {', '.join(CPU_MODES)}, got {self.cpu_mode!r}")
+            raise bad("cpu_mode", self.cpu_mode, CPU_MODES)
         if self.dense_quant is not None and self.dense_quant not in QUANTS:
-            raise ValueError(f"dense_quant must be one of {', '.join(QUANTS)}, got {self.dense_quant!r}")
-        if self.max_context < 1 or self.prefetch_extra < 0:
-            raise ValueError("max_context must be >= 1 and prefetch_extra >= 0")
+            raise bad("dense_quant", self.dense_quant, QUANTS)

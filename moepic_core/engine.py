@@ -20,13 +20,15 @@ from .budget import Budget, plan_budget
 from .cache.policies import AUTO
 from .config import GB, EngineConfig
 from .errors import BudgetError, GenerationError, MoepicError, UnsupportedModelError
+from .fit import fit_quant
 from .generation import SamplingConfig, decode_tokens
 from .kernels import pack_dense_linears, torch_workspace_bytes
 from .layout import Layout, uniform_layout
+from .options import bad
 from .loader import build_dense_model
 from .offload import ExpertRuntime, OffloadedExperts
 from .quant import TORCH_DTYPES, dtype_name
-from .store import CheckpointReader, ExpertStore
+from .store import CheckpointReader, ExpertStore, default_cache_dir
 from .text import IncrementalDetokenizer, chat_input_ids
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,9 @@ class Engine:
         if device.type == "cpu":
             cfg = dataclasses.replace(cfg, cpu_mode=resolve_cpu_mode(cfg, device, folder))
         dtype = cfg.dtype or default_dtype(config, device)
+        fit = fit_quant(spec, cfg.quant, dtype=dtype, cpu=device.type == "cpu",
+                        cache_dir=cfg.cache_dir or default_cache_dir())  # "auto" -> the best that fits
+        cfg = dataclasses.replace(cfg, quant=fit.quant)
         cls._check_budget(cfg, spec, dtype, device)  # fail before the slow part
         tokenizer = cls._load_tokenizer(folder)
         store = ExpertStore.open(reader, adapter, spec, quant=cfg.quant, dtype=dtype, cache_dir=cfg.cache_dir,
@@ -119,6 +124,7 @@ class Engine:
             adapter.moe_block(model_, layer).experts = OffloadedExperts(runtime, pos)
         cls._pack_dense(model_, cfg, dtype, device, routers)
         engine = cls(cfg, folder, spec, adapter, model_, tokenizer, runtime, device, dtype)
+        engine.fit = fit  # the quant decision with its numbers, for the CLI and the app to show
         engine._apply(cfg, fresh_policy=True)
         if progress:
             progress("ready", 1.0)
@@ -308,14 +314,18 @@ class Engine:
 
     def tokens(self, input_ids, max_new_tokens: int = 128, *, do_sample: bool = False, temperature: float = 1.0,
                top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_event=None,
-               stop_at_eos: bool = True) -> Iterator[int]:
-        """Yield new token ids one by one."""
+               stop_at_eos: bool = True, min_new_tokens: int | None = None) -> Iterator[int]:
+        """Yield new token ids one by one. `min_new_tokens` (default: the model's generation_config, as
+        transformers' generate reads it): no end of reply before that many tokens."""
         ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1).to(self.device)
         if ids.numel() == 0:
             raise GenerationError("empty prompt: nothing to continue")
         if max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        cfg = SamplingConfig(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+            raise bad("max_new_tokens", max_new_tokens)
+        if min_new_tokens is None:
+            min_new_tokens = getattr(self.model.generation_config, "min_new_tokens", None) or 0
+        cfg = SamplingConfig(do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                             min_new_tokens=min_new_tokens)
         eos = self._eos_ids() if stop_at_eos else set()
         steps = decode_tokens(self.model, ids, max_new_tokens, cfg, eos, stop_event, self.runtime.stats.end_token)
         while True:

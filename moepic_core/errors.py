@@ -5,6 +5,19 @@ class MoepicError(ValueError):
     """Base of every user-facing engine error."""
 
 
+class OptionError(MoepicError):
+    """A bad value of one option. `option` is its EngineConfig field name ("vram_gb"); `problem` the rest
+    ("must be >= 0, got -1"). str() names the field; `flag()` names the command-line flag, so the CLI,
+    launch.py and the app say the same thing, each in its own names."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option} {problem}")
+        self.option, self.problem = option, problem
+
+    def flag(self) -> str:
+        return f"--{self.option.replace('_', '-')} {self.problem}"
+
+
 class ModelLoadError(MoepicError):
     """The model folder is missing, has no weights, or its files are unreadable."""
 

@@ -20,11 +20,15 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    min_new_tokens: int = 0  # the end-of-reply tokens are banned before this many new tokens (as transformers does)
 
     def __post_init__(self):
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"bad sampling settings: temperature={self.temperature} (>= 0), "
-                             f"top_p={self.top_p} (in (0, 1]), top_k={self.top_k} (>= 0)")
+        from .options import bad
+
+        for name, ok in (("temperature", self.temperature >= 0), ("top_p", 0 < self.top_p <= 1),
+                         ("top_k", self.top_k >= 0), ("min_new_tokens", self.min_new_tokens >= 0)):
+            if not ok:
+                raise bad(name, getattr(self, name))
 
     @property
     def greedy(self) -> bool:
@@ -61,7 +65,10 @@ def decode_tokens(model, input_ids: torch.Tensor, max_new_tokens: int, cfg: Samp
         start = time.perf_counter()
         with torch.inference_mode():
             out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-            token = choose_token(out.logits[0, -1].float(), cfg, generator)
+            logits = out.logits[0, -1].float()
+            if step < cfg.min_new_tokens and eos_ids:
+                logits[list(eos_ids)] = float("-inf")
+            token = choose_token(logits, cfg, generator)
         if on_step is not None:
             on_step(time.perf_counter() - start, step > 0)
         yield token

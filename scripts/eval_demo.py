@@ -5,11 +5,14 @@
 Plain transformers (eager experts, float32):
   - held-out perplexity over consecutive 256-token windows of the held-out plays;
   - greedy and sampled (T 0.8, top-p 0.95, seed = the prompt's number 1-5) answers to five prompts through the chat template;
+  - reply length: 20 sampled replies (the five prompts, seeds 1-4, at most 256 tokens) and the greedy ones,
+    and the share of dictionary words in the answers (/usr/share/dict/words, Debian package wamerican);
   - routing per MoE layer on the held-out text in real token order: usage entropy (bits; 3.0 is
     uniform over 8), the two busiest experts' share of activations, dead experts (no activation),
     the LRU hit rate with half the experts cached and the reuse (share of a token's experts that the
     previous token also used), real token order vs the same tokens shuffled.
-With --engine (needs `moepic_core.Engine`): held-out perplexity through the engine in float32, int8
+With --cli-check: the issue's check, `python -m moepic_core.chat --model demo --prompt "Good morrow, how fares
+the king?" --max-new-tokens 60`, its words counted. With --engine (needs `moepic_core.Engine`): held-out perplexity through the engine in float32, int8
 and int4, and a routing trace of decoded tokens saved beside the model (moepic_core.trace format).
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,6 +39,7 @@ PROMPTS = [
     [{"role": "system", "content": "Enter a Messenger."}, {"role": "user", "content": "Speak, what tidings?"}],
 ]
 SEQ_LEN = 256
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo-model"
 
 
 def load_model(folder: str):
@@ -64,13 +69,57 @@ def perplexity(model, ids: torch.Tensor, batch: int = 8) -> float:
 
 
 @torch.no_grad()
-def answer(model, tok, messages, do_sample: bool, seed: int = 0, max_new_tokens: int = 64) -> str:
+def answer_ids(model, tok, messages, do_sample: bool, seed: int = 0, max_new_tokens: int = 64) -> list[int]:
+    """The reply's token ids, without the prompt and without the closing <|end|>."""
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     torch.manual_seed(seed)
     sampling = dict(do_sample=True, temperature=0.8, top_p=0.95) if do_sample else dict(do_sample=False)
     out = model.generate(**ids, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, **sampling)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+                         pad_token_id=tok.pad_token_id, **sampling)[0, ids["input_ids"].shape[1]:].tolist()
+    return out[:-1] if out and out[-1] == tok.eos_token_id else out
+
+
+def answer(model, tok, messages, do_sample: bool, seed: int = 0, max_new_tokens: int = 64) -> str:
+    return tok.decode(answer_ids(model, tok, messages, do_sample, seed, max_new_tokens), skip_special_tokens=True).strip()
+
+
+def dictionary_words() -> set[str] | None:
+    """Lower-case English words from /usr/share/dict/words (Debian: apt-get install wamerican), or None."""
+    path = Path("/usr/share/dict/words")
+    return {w.strip().lower() for w in path.read_text(errors="ignore").split()} if path.is_file() else None
+
+
+def dictionary_share(text: str, words: set[str]) -> float:
+    """Share of the text's words (letters and apostrophes, possessive 's dropped) found in `words`."""
+    found = [w.lower().removesuffix("'s").strip("'") for w in re.findall(r"[A-Za-z']+", text)]
+    found = [w for w in found if w]
+    return sum(w in words for w in found) / len(found) if found else 0.0
+
+
+def reply_lengths(model, tok, seeds=range(1, 5), max_new_tokens: int = 256) -> dict:
+    """Replies sampled as the app samples them (T 0.8, top-p 0.95, the model's generation_config) to the
+    five prompts, once per seed: tokens per reply (without <|end|>), and greedy lengths beside."""
+    sampled = [len(answer_ids(model, tok, m, True, seed, max_new_tokens)) for seed in seeds for m in PROMPTS]
+    greedy = [len(answer_ids(model, tok, m, False, 0, max_new_tokens)) for m in PROMPTS]
+    return {"sampled": sampled, "mean": float(np.mean(sampled)), "median": float(np.median(sampled)),
+            "min": int(min(sampled)), "max": int(max(sampled)),
+            "at_cap": sum(n >= max_new_tokens for n in sampled), "max_new_tokens": max_new_tokens,
+            "greedy": greedy}
+
+
+def cli_check(model: str, cache_dir: str, words: set[str] | None) -> dict:
+    """The issue's check: `python -m moepic_core.chat --model demo --prompt "Good morrow, how fares the
+    king?" --max-new-tokens 60` (greedy) prints at least 20 words, most of them dictionary words."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "moepic_core.chat", "--model", model, "--prompt", "Good morrow, how fares the king?",
+           "--max-new-tokens", "60", "--cache-dir", cache_dir]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True)
+    text = out.stdout.strip()
+    result = {"text": text, "words": len(text.split())}
+    if words is not None:
+        result["dictionary_share"] = dictionary_share(text, words)
+    return result
 
 
 @torch.no_grad()
@@ -193,6 +242,8 @@ def main(argv=None) -> None:
     ap.add_argument("--json", default=None, help="write all results here")
     ap.add_argument("--cold-start", action="store_true",
                     help="time `python -m moepic_core.chat --model demo` to its first token (new, then warm store)")
+    ap.add_argument("--cli-check", action="store_true",
+                    help="run `python -m moepic_core.chat --model demo --prompt ... --max-new-tokens 60` and count its words")
     ap.add_argument("--max-tokens", type=int, default=0, help="use only the first N held-out tokens (quick checks)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -208,10 +259,19 @@ def main(argv=None) -> None:
 
     results["answers"] = []
     for number, messages in enumerate(PROMPTS, 1):  # each prompt samples with its own seed, its number
-        row = {"messages": messages, "greedy": answer(model, tok, messages, False),
-               "sampled": answer(model, tok, messages, True, seed=number)}
+        row = {"messages": messages, "greedy": answer(model, tok, messages, False, max_new_tokens=256),
+               "sampled": answer(model, tok, messages, True, seed=number, max_new_tokens=256)}
         results["answers"].append(row)
         print(f"\nprompt: {json.dumps(messages)}\n  greedy:  {row['greedy']!r}\n  sampled: {row['sampled']!r}")
+    lengths = results["reply_tokens"] = reply_lengths(model, tok)
+    print(f"\nreply length, {len(lengths['sampled'])} sampled replies (T 0.8, top-p 0.95, at most "
+          f"{lengths['max_new_tokens']}): mean {lengths['mean']:.1f} tokens, median {lengths['median']:.0f}, "
+          f"min {lengths['min']}, max {lengths['max']}, {lengths['at_cap']} cut at the cap; greedy {lengths['greedy']}")
+    words = dictionary_words()
+    if words is not None:
+        shares = [dictionary_share(row[kind], words) for row in results["answers"] for kind in ("greedy", "sampled")]
+        results["dictionary_share"] = float(np.mean(shares))
+        print(f"dictionary words in the ten answers above: {results['dictionary_share']:.0%} (/usr/share/dict/words)")
 
     from moepic_core.models import load_spec
 
@@ -223,6 +283,10 @@ def main(argv=None) -> None:
     if args.engine:
         trace_path = Path(args.trace) if args.trace else Path(args.model) / "routing_trace.npz"
         results["engine"] = engine_eval(args.model, held, trace_path, args.trace_tokens, args.cache_dir)
+    if args.cli_check:
+        results["cli_check"] = cli_check("demo" if Path(args.model).resolve() == DEMO else args.model, args.cache_dir,
+                                         dictionary_words())
+        print(f"\nchat CLI, greedy, 60 tokens: {results['cli_check']}")
     if args.cold_start:
         import tempfile
 

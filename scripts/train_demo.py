@@ -1,11 +1,19 @@
 """Train the built-in demo MoE model (a small Qwen3-MoE or Mixtral) on Shakespeare, seeded and reproducible.
 
-    python scripts/fetch_demo_corpus.py --out data/demo_corpus
-    python scripts/train_demo.py --corpus data/demo_corpus --run runs/demo --out assets/demo-model
+The shipped model is two stages (see assets/demo-model/README.md):
 
-The defaults are the shipped model: Qwen3-MoE, 7 layers of which the first two are dense (their
-routing would only follow the token id, see assets/demo-model/README.md), 8 experts, top-2,
-balance coefficient 0.005, 1500 steps.
+    # 1. from scratch on the first format (every speech headed NAME.): the defaults
+    python scripts/fetch_demo_corpus.py --out data/corpus_v1 --long-speech-words 0
+    python scripts/train_demo.py --corpus data/corpus_v1 --run runs/stage1
+    # 2. on today's format (speeches of 20+ words headed NAME:), from stage 1, its tokenizer kept
+    python scripts/fetch_demo_corpus.py --out data/demo_corpus
+    python scripts/train_demo.py --corpus data/demo_corpus --init runs/stage1/best --run runs/stage2 \
+        --max-steps 300 --warmup 30 --lr 5e-4 --eval-every 50 --threads 2 --out assets/demo-model
+
+Stage 1's defaults: Qwen3-MoE, 7 layers of which the first two are dense (their routing would only
+follow the token id, see assets/demo-model/README.md), 8 experts, top-2, balance coefficient 0.005,
+1500 steps. Stage 2 teaches it the long-speech header that the chat template asks for (`KING:`), so
+replies are speeches, not one-liners.
 
 Steps: train a byte-level BPE tokenizer on the training split; build the model from a
 config; train with AdamW on random windows (one CPU thread by default), residual/embedding dropout
@@ -28,21 +36,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-EOS, BOS, PAD = "<|end|>", "<|begin|>", "<|pad|>"
+from fetch_demo_corpus import EOS, LONG_SPEECH_WORDS  # the corpus format this template speaks
+
+BOS, PAD = "<|begin|>", "<|pad|>"
+MIN_REPLY_TOKENS = 24  # generation_config.min_new_tokens: below a long speech's 20 words (~33 tokens)
 USER_NAME, ASSISTANT_NAME = "FIRST LORD", "KING"
-# A chat turn is one speech of the corpus: "SPEAKER.\n<text><|end|>"; a system message becomes a
-# stage direction "[text]\n". The model answers as ASSISTANT_NAME (or the assistant message's `name`)
-# and stops at <|end|>, the end of its speech.
+# A chat turn is one speech of the corpus: "SPEAKER.\n<text><|end|>", or "SPEAKER:\n..." when the
+# text has LONG_SPEECH_WORDS words or more; a system message becomes a stage direction "[text]\n".
+# The model answers as ASSISTANT_NAME (or the assistant message's `name`) with "KING:\n", i.e. it is
+# asked for a long speech, and stops at <|end|>, the end of its speech.
 CHAT_TEMPLATE = (
     "{%- for m in messages -%}"
-    "{%- if m['role'] == 'system' -%}{{ '[' ~ (m['content'] | trim) ~ ']\\n' }}"
+    "{%- set text = m['content'] | trim -%}"
+    "{%- if m['role'] == 'system' -%}{{ '[' ~ text ~ ']\\n' }}"
     "{%- else -%}"
     "{%- set default = '" + USER_NAME + "' if m['role'] == 'user' else '" + ASSISTANT_NAME + "' -%}"
     "{%- set speaker = m['name'] if (m['name'] is defined and m['name']) else default -%}"
-    "{{ (speaker | upper) ~ '.\\n' ~ (m['content'] | trim) ~ '" + EOS + "' }}"
+    "{%- set mark = ':' if (text.split() | length) >= " + str(LONG_SPEECH_WORDS) + " else '.' -%}"
+    "{{ (speaker | upper) ~ mark ~ '\\n' ~ text ~ '" + EOS + "' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '" + ASSISTANT_NAME + ".\\n' }}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '" + ASSISTANT_NAME + ":\\n' }}{%- endif -%}"
 )
 
 
@@ -145,8 +159,11 @@ def save_atomic(model, tok, folder: Path, meta: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    # min_new_tokens: the template asks for a long speech (LONG_SPEECH_WORDS words, ~33 tokens, or more), so
+    # the reply may not end before 24 tokens; without it greedy decoding still stops after a stock one-liner
     GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                     do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=128).save_pretrained(tmp)
+                     do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=256,
+                     min_new_tokens=MIN_REPLY_TOKENS).save_pretrained(tmp)
     (tmp / "training_state.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -160,6 +177,9 @@ def main(argv=None) -> None:
     ap.add_argument("--corpus", default="data/demo_corpus")
     ap.add_argument("--run", default="runs/demo")
     ap.add_argument("--out", default=None, help="export the best checkpoint here at the end")
+    ap.add_argument("--init", default=None,
+                    help="start from this saved model (its weights and tokenizer; the size flags are ignored) "
+                         "instead of a fresh one: a second stage on a changed corpus")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--hidden", type=int, default=256)
@@ -177,7 +197,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--balance-coef", type=float, default=0.005)
     ap.add_argument("--max-steps", type=int, default=1500)
-    ap.add_argument("--max-minutes", type=float, default=80.0, help="stop by the wall clock, keeping the best")
+    ap.add_argument("--max-minutes", type=float, default=600.0, help="stop by the wall clock, keeping the best")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-windows", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
@@ -195,13 +215,24 @@ def main(argv=None) -> None:
     run.mkdir(parents=True, exist_ok=True)
     train_text = (Path(args.corpus) / "train.txt").read_text(encoding="utf-8")
     held_text = (Path(args.corpus) / "heldout.txt").read_text(encoding="utf-8")
-    tok = train_tokenizer(train_text, args.vocab, run / "tokenizer")
+    if args.init:  # continue from a saved model: its weights and its tokenizer, with the chat template of today
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.init)
+        tok.chat_template = CHAT_TEMPLATE
+    else:
+        tok = train_tokenizer(train_text, args.vocab, run / "tokenizer")
     train_ids = torch.tensor(tok(train_text)["input_ids"], dtype=torch.long)
     held_ids = torch.tensor(tok(held_text)["input_ids"], dtype=torch.long)
     print(f"tokens: train {len(train_ids):,}  held out {len(held_ids):,}  vocab {len(tok)}", flush=True)
 
-    config = demo_config(tok, args)
-    model = AutoModelForCausalLM.from_config(config)
+    if args.init:
+        model = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+        config = model.config
+        config.router_aux_loss_coef = args.balance_coef
+    else:
+        config = demo_config(tok, args)
+        model = AutoModelForCausalLM.from_config(config)
     model.set_experts_implementation(args.experts_impl)
     add_dropout(model, args.dropout)
     n_params = sum(p.numel() for p in model.parameters())

@@ -30,7 +30,8 @@ def app_url(tmp_path_factory):
     from app.testing import start_server, stop_server
 
     folder = make_tiny_model("mixtral", tmp_path_factory.mktemp("browser") / "tiny-mixtral", seed=0)
-    demo, url, controller = start_server(folder, first_port=7890, device="cpu", max_new_tokens=1500)
+    demo, url, controller = start_server(folder, first_port=7890, device="cpu", cpu_mode="simulated",
+                                         max_new_tokens=1500)
     yield url
     stop_server(demo, controller)
 
@@ -74,6 +75,9 @@ def test_type_stream_stop_screenshot_offline(browser, app_url, tmp_path):
     tokens_seen.discard(-1)
     assert len(texts) >= 3, "the reply did not stream"
     assert len(tokens_seen) >= 3, f"the heatmap did not change while streaming: {tokens_seen}"
+
+    # the chat shows no floating "Chat" label that could cover the top message once the chat scrolls
+    assert page.locator("#chatbot").get_by_text("Chat", exact=True).count() == 0
 
     shot = tmp_path / "app.png"
     page.screenshot(path=str(shot), full_page=True)

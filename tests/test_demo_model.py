@@ -61,17 +61,23 @@ def test_checkpoint_keeps_per_expert_keys():
     assert not any("gate_up_proj" in k for k in keys)  # save_pretrained's per-expert layout, not fused
 
 
+LONG = ("Now is the winter of our discontent made glorious summer by this sun of York, and all the clouds "
+        "that lour'd upon our house")  # 24 words: a long speech
+
+
 def test_chat_template_renders_speaker_turns(tok):
     text = tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
     assert text == ("[Enter a Messenger.]\n"
                     "FIRST LORD.\nSpeak, what tidings?<|end|>"
                     "KING.\nThe French are landed, sir.<|end|>"
                     "HAMLET.\nSo soon?<|end|>"
-                    "KING.\n")
+                    "KING:\n")  # the model is asked for a long speech (fetch_demo_corpus.py: NAME: heads 20+ words)
     assert tok.eos_token == "<|end|>"
     assert tok.convert_tokens_to_ids("<|end|>") == tok.eos_token_id
     ids = tok.apply_chat_template(CONVERSATION, add_generation_prompt=True)["input_ids"]
     assert ids.count(tok.eos_token_id) == 3  # one eos per finished turn: the answer stops at its own eos
+    long_turn = tok.apply_chat_template([{"role": "user", "content": LONG}], tokenize=False)
+    assert long_turn == f"FIRST LORD:\n{LONG}<|end|>"  # a long message is rendered as the corpus has it
 
 
 def test_generation_config_stops_at_end_of_turn(tok):
@@ -115,6 +121,23 @@ def test_demo_name_resolves_to_this_model(store_dir):
     assert engine.folder.resolve() == DEMO.resolve()
     # the app starts its sampling sliders here: the model's generation_config.json asks for sampling
     assert engine.sampling_defaults == {"temperature": 0.8, "top_p": 0.95}
-    assert engine.model.generation_config.max_new_tokens == 128
+    assert engine.model.generation_config.max_new_tokens == 256
     text = "".join(engine.stream_chat([{"role": "user", "content": "Good morrow."}], max_new_tokens=8))
     assert text.strip()
+
+
+def test_the_demo_talks(store_dir):
+    """The issue's check: a greedy answer of at most 60 tokens to a greeting has at least 20 words, most of
+    them English (checked against /usr/share/dict/words when the machine has it)."""
+    from moepic_core import Engine
+
+    engine = Engine.load("demo", device="cpu", dtype="float32", cache_dir=store_dir)
+    text = "".join(engine.stream_chat([{"role": "user", "content": "Good morrow, how fares the king?"}],
+                                      max_new_tokens=60))
+    words = text.split()
+    assert len(words) >= 20, text
+    dictionary = Path("/usr/share/dict/words")
+    if dictionary.is_file():
+        known = {w.strip().lower() for w in dictionary.read_text(errors="ignore").split()}
+        plain = [w.strip(".,;:!?'\"-").lower() for w in words]
+        assert sum(w in known for w in plain if w) > 0.7 * len(plain), text
