@@ -210,6 +210,9 @@ def hitrate_chart_html(session, width: int = 640, height: int = 190) -> str:
 # ---- numbers ----
 
 BASELINE_WORDS = {  # the solver's baselines (layout.prediction["baselines"]) in words
+    "transfer_only": "everything over the link, no CPU path",
+    "hybrid_whole_expert": "whole experts cached, misses on the CPU, no prefetch",
+    "solver_no_split": "the solver without split",
     "uniform_lru_no_split": "every layer the same budget, whole experts, LRU",
     "best_uniform_split": "the best single split ratio for every layer",
 }

@@ -5,10 +5,10 @@ needs and the decode speed the solver models on 8, 12, 16 and 24 GB cards.
     python scripts/will_it_fit.py --readme README.md  # and replace them in the README, between the markers
 
 Every number comes from the project's own code, so the tables follow it when it changes: sizes from
-the presets (`ModelSpec.store_bytes`, `budget.fixed_costs` through `solve.cache_budget_from_vram`),
+the presets (`ModelSpec.store_bytes`, `budget.plan_budget`),
 the dtype from the engine's rule (`engine.default_dtype`), the card's budget from the app's rule
 (`app.config.default_vram_gb`), tok/s = 1000 / the solver's predicted ms per token for that budget
-(`solver.solve_layout` on `solve.default_trace`: synthetic routing calibrated on Mixtral). It is a
+(`planning.solve_layout` on `solve.default_trace`: synthetic routing calibrated on Mixtral). It is a
 model, not a measurement; the assumptions are printed under the tables.
 """
 from __future__ import annotations
@@ -53,27 +53,23 @@ def card_budget_gb(card_gb: float) -> float:
 def model_rows(spec, trace, gpu_dtype: str, cpu_dtype: str, cards=CARDS_GB) -> list[dict]:
     """One row per quantization: RAM with a GPU (the store), RAM without one (store + dense part), the
     engine's minimum VRAM, and the modeled tok/s per card ("–": the card is below the minimum)."""
-    from moepic_core.errors import BudgetError
-    from moepic_core.solve import cache_budget_from_vram
-    from moepic_core.solver import solve_layout
+    from moepic_core.budget import plan_budget
+    from moepic_core.hardware import DEFAULT_CPU_GBPS
+    from moepic_core.planning import solve_layout
     from moepic_core.spec import DTYPE_BYTES, QUANTS
 
     rows = []
     for quant in QUANTS:
-        try:
-            cache_budget_from_vram(spec, 0, quant, gpu_dtype)
-            min_vram = 0
-        except BudgetError as err:  # zero VRAM is below every model's minimum: the error states it
-            min_vram = err.min_bytes
+        min_vram = plan_budget(spec, quant=quant, dtype=gpu_dtype, cache_bytes=0).min_vram_bytes
         speeds = []
         for card in cards:
-            vram = card_budget_gb(card) * 1e9
+            vram = int(card_budget_gb(card) * 1e9)
             if vram < min_vram:
                 speeds.append(None)
                 continue
-            cache, _ = cache_budget_from_vram(spec, int(vram), quant, gpu_dtype)
-            layout = solve_layout(spec, cache, bandwidth_gbps=LINK_GBPS, trace=trace, policy="lcp", quant=quant,
-                                  dtype=gpu_dtype)
+            cache = plan_budget(spec, quant=quant, dtype=gpu_dtype, vram_bytes=vram).cache_bytes
+            layout = solve_layout(spec, cache, bandwidth_gbps=LINK_GBPS, cpu_gbps=DEFAULT_CPU_GBPS, trace=trace,
+                                  quant=quant, dtype=gpu_dtype)
             speeds.append(1000.0 / layout.prediction["ms_per_token"])
         rows.append({"quant": QUANT_NAMES[quant].format(bits=8 * DTYPE_BYTES[gpu_dtype]),
                      "ram_gpu": spec.store_bytes(quant, gpu_dtype),
@@ -98,15 +94,18 @@ def markdown(spec, hub_id: str | None, rows: list[dict], cpu_dtype: str, cards=C
 
 
 def assumptions(gpu_dtype: str) -> str:
+    from moepic_core.budget import CONTEXT_TOKENS
     from moepic_core.costmodel import DEFAULT_DEVICE_GBPS
-    from moepic_core.solve import CONTEXT_TOKENS
+    from moepic_core.hardware import DEFAULT_CPU_GBPS
 
     return (f"Modeled, not measured: the solver's predicted decode time (`moepic_core.costmodel`) for its own "
-            f"layout, with a PCIe 4.0 x16 link at {LINK_GBPS:g} GB/s, GPU compute at {DEFAULT_DEVICE_GBPS:g} GB/s "
-            f"of memory bandwidth, 16-bit weights on the GPU ({gpu_dtype} here), the LCP policy, a KV reserve for {CONTEXT_TOKENS} "
-            f"tokens, and routing from a synthetic trace calibrated on Mixtral-8x7B at each model's sizes. A card's "
-            f"budget is what the app gives the engine: the card minus max(1 GB, 5%). Host RAM with a GPU holds "
-            f"the expert store; without one it also holds the dense part. `--quant auto` picks from these numbers "
+            f"layout (policy, split and placement per layer), with a PCIe 4.0 x16 link at {LINK_GBPS:g} GB/s, a "
+            f"CPU that computes experts from RAM at {DEFAULT_CPU_GBPS:g} GB/s of weight bytes, GPU compute at "
+            f"{DEFAULT_DEVICE_GBPS:g} GB/s of memory bandwidth, 16-bit weights on the GPU ({gpu_dtype} here), a KV "
+            f"reserve for {CONTEXT_TOKENS} tokens, and routing from a synthetic trace calibrated on Mixtral-8x7B "
+            f"at each model's sizes. A card's budget is what the app gives the engine: the card minus max(1 GB, "
+            f"5%); the VRAM minimum is `moepic_core.budget.plan_budget`'s. Host RAM with a GPU holds the expert "
+            f"store; without one it also holds the dense part. `--quant auto` picks from these numbers "
             f"(`moepic_core/fit.py`).")
 
 
