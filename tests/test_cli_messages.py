@@ -9,7 +9,7 @@ from moepic_core.chat import main, summary
 
 @pytest.mark.parametrize("flag, value, expected", [
     ("--split", "abc", "error: --split must be a ratio in (0, 1] or 'auto', got 'abc'"),
-    ("--policy", "fifo", "error: --policy must be one of lcp, lfu, lru, static, got 'fifo'"),
+    ("--policy", "fifo", "error: --policy must be one of auto, lcp, lcp-filtered, lru, lfu, reuse, static, got 'fifo'"),
     ("--quant", "int3", "error: --quant must be one of auto, none, int8, int4, got 'int3'"),
     ("--vram-gb", "lots", "error: --vram-gb must be a number of GB >= 0, got 'lots'"),
     ("--max-new-tokens", "1.5", "error: --max-new-tokens must be a whole number >= 1, got '1.5'"),

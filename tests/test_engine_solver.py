@@ -133,7 +133,8 @@ def test_one_budget_for_engine_and_solve(tiny_models):
     folder = tiny_models["olmoe"]
     spec = load_spec(folder)
     vram = plan_budget(spec, dtype="float32", vram_bytes=10**9).min_vram_bytes + 12345
-    cfg = EngineConfig(model=str(folder), vram_gb=vram / 1e9, device="cpu", dtype="float32", cpu_mode="simulated")
+    cfg = EngineConfig(model=str(folder), vram_gb=vram / 1e9, device="cpu", dtype="float32", cpu_mode="simulated",
+                       quant="none")  # Engine.load resolves the default "auto" before it asks for a budget
     engine_budget = Engine._budget(cfg, spec, "float32", torch.device("cpu"))
     assert engine_budget.cache_bytes == 12345 and engine_budget.staging_bytes == 2 * 2 * spec.expert_bytes("none", "float32")
 
