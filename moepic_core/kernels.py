@@ -4,7 +4,7 @@
     kernel = ExpertKernel("int4", "bfloat16", H, I, torch.device("cpu"), torch.bfloat16)
     y = kernel.segment(x, rows)          # x [T, H], rows uint8 [n, row_bytes] -> partial y [T, H]
 
-Which path runs (chosen by measurement: benchmarks/peer_llamacpp.py, benchmarks/kernels.py):
+Which path runs (chosen by measurement: benchmarks/kernels.py, benchmarks/peer_llamacpp.py):
   CPU with the native library   one fused call per segment over the bytes where they lie (the
                                 memory-mapped store, a slot or a staging buffer); the only
                                 temporaries are a [T, H] fp32 accumulator per thread.

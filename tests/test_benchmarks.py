@@ -37,3 +37,12 @@ def test_loading_never_holds_the_model_twice():
     for row in rows:
         assert row["store"] == 4 * 8 * 1024 * 3 * 512 * 4  # 4 layers, 8 experts, I 1024, H 512, float32
         assert row["grown"] <= 1.3 * (row["store"] + row["dense"]), row
+
+def test_kernel_table_has_each_format_side_by_side():
+    r = subprocess.run([sys.executable, "benchmarks/kernels.py", "--hidden", "256", "--inter", "512", "--rounds", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["bf16", "bf16", "int8", "int4"]
+    # every row ends with a positive torch / MoEpic ratio
+    assert all(float(row[-1].rstrip("x")) > 0 for row in rows)
