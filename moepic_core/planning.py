@@ -126,7 +126,7 @@ def choose(cm, units: int, exact: bool = False) -> tuple[Solution, dict]:
         per_layer = layer_policies(cm, units, best)
         if len(set(per_layer.tolist())) > 1:
             start = replace(best, policy=[0] * cm.num_layers)
-            mix = optimize(mixed(cm, per_layer), units, start=start)
+            mix = optimize(mixed(cm, per_layer), units, start=start, from_uniform=False)
             if mix.ms_per_token < best.ms_per_token * (1 - PER_LAYER_GAIN):
                 best = replace(mix, policy=[int(p) for p in per_layer])
     return best, report

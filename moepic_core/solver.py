@@ -344,18 +344,17 @@ class _Search:
         return pick, ms
 
 
-def optimize(cm: CostModel, units: int, start: Solution | None = None) -> Solution:
+def optimize(cm: CostModel, units: int, start: Solution | None = None, from_uniform: bool = True) -> Solution:
     """Divide and conquer inside coordinate steps (module doc): the full search in coarse budget units
-    from the best uniform layout (and `start`, if given), then exact steps in fine units from there
-    and from the uniform layout. Never worse than the uniform layout or `start`."""
+    from the best uniform layout (unless `from_uniform` is False) and `start`, if given, then exact
+    steps in fine units from there and from the starts. Never worse than any start."""
     began = time.perf_counter()
     units = max(0, int(units))
-    base = best_uniform(cm, units)
-    starts = [base] + ([start] if start is not None else [])
+    starts = ([best_uniform(cm, units)] if from_uniform or start is None else []) + ([start] if start else [])
     coarse = _Search(cm, units, MAX_UNITS)
     found = [_solution(cm, coarse.cfg.take(coarse.run(coarse.index(s))[0])) for s in starts]
     fine = _Search(cm, units, FINE_UNITS)
-    picks = [fine.polish(fine.index(s))[0] for s in found + starts]
+    picks = [fine.polish(fine.index(s))[0] for s in found]
     sol = min([_solution(cm, fine.cfg.take(p)) for p in picks] + starts, key=lambda s: s.ms_per_token)
     sol.detail = {"rounds": coarse.rounds + fine.rounds, "solve_s": time.perf_counter() - began}
     return sol
