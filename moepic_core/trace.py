@@ -173,6 +173,10 @@ class TraceRecorder:
         self.num_experts, self.model = num_experts, model
         self.steps: list[list] = []  # per recorded token, its LayerSteps in layer order
 
+    def __len__(self) -> int:
+        """Tokens recorded so far."""
+        return len(self.steps)
+
     def add(self, step) -> None:
         if not step.routing.one_token:
             return
