@@ -41,7 +41,7 @@ class LayerStep:
     guess: tuple[int, ...] | None  # the prefetcher's guess for this layer (made while the one before ran)
     link_bytes: int = 0            # fetched on demand over the link
     cpu_bytes: int = 0             # expert rows computed on the CPU from the host store
-    prefetch_used_bytes: int = 0   # prefetched rows this step used (all of them moved)
+    prefetch_used_bytes: int = 0   # moved for a guess this step proved right (its rows are used)
     prefetch_wasted_bytes: int = 0  # moved over the link for a guess that turned out wrong
     prefetch_dropped_bytes: int = 0  # a wrong guess's bytes dropped before they moved
 
