@@ -70,6 +70,12 @@ def in_place_mode(cfg: EngineConfig, device: torch.device) -> bool:
     return resolve_cpu_mode(cfg, device) == "in-place"
 
 
+def needs_profile(policy: str, params: dict) -> bool:
+    """Whether the static policy runs (alone or on some layer) without a profile: it takes the
+    calibration trace's activation counts."""
+    return "static" in (policy, *params.get("layers", ())) and "profile" not in params
+
+
 _HARDWARE = {}
 
 
@@ -247,8 +253,8 @@ class Engine:
         """The calibration step of `load` and `reconfigure`: calibrate now when `cfg` needs the trace
         (the solver lays the cache out, or a static policy needs its profile) and there is none yet.
         Returns whether it did (the policy's state then starts afresh: calibration decoded through it)."""
-        static = "static" in (cfg.policy, *cfg.policy_params.get("layers", ())) and "profile" not in cfg.policy_params
-        if self._trace is not None or not (static or self._solver_runs(cfg, budget)):
+        needed = self._solver_runs(cfg, budget) or needs_profile(cfg.policy, cfg.policy_params)
+        if self._trace is not None or not needed:
             return False
         self.calibrate(budget)
         return True
@@ -276,7 +282,7 @@ class Engine:
         the configured one ("auto" without a solved layout: lru)."""
         name, params = layout.policy(AUTO_FALLBACK if cfg.policy == AUTO else cfg.policy)
         params = {**cfg.policy_params, **params}
-        if "static" in (name, *params.get("layers", ())) and "profile" not in params:
+        if needs_profile(name, params):
             params["profile"] = self._calibrated().counts().tolist()
         return name, params
 
