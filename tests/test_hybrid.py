@@ -79,7 +79,7 @@ def test_placement_per_layer_and_fewer_link_bytes(tiny_models):
     assert a.totals.hits == b.totals.hits  # same policy, same routing: same cache decisions
     assert b.layers[0].cpu_bytes == 0 and b.layers[0].bytes_fetched == a.layers[0].bytes_fetched
     for la, lb in zip(a.layers[1:], b.layers[1:]):
-        assert lb["cpu_bytes"] > 0 and lb["bytes_fetched"] < la["bytes_fetched"]
+        assert lb.cpu_bytes > 0 and lb.bytes_fetched < la.bytes_fetched
 
 
 def test_link_queue_drops_a_wrong_guess_before_it_moves():
@@ -107,7 +107,7 @@ def test_prefetch_counts_moved_dropped_and_wasted_bytes(tiny_models):
     assert sum(layer.prefetch_bytes for layer in layers[1:]) > 0
     for layer in layers:
         assert layer.prefetch_wasted_bytes <= layer.prefetch_bytes
-    assert layers[0]["prefetch_bytes"] == 0  # nothing guesses the first MoE layer
+    assert layers[0].prefetch_bytes == 0  # nothing guesses the first MoE layer
 
 
 def test_staging_reuses_the_least_recently_released_buffer():
