@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from moepic_core.errors import GenerationError
+from moepic_core.stats import Totals
 from moepic_core.text import IncrementalDetokenizer, chat_input_ids
 
 from app.openai_schema import APIError, GenerationRequest, bad
@@ -76,12 +77,12 @@ def sampling(engine, request: GenerationRequest) -> dict:
     return dict(do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p, seed=request.seed)
 
 
-def request_figures(before: dict, after: dict, tokens: int, first_s: float | None, last_s: float,
+def request_figures(before: Totals, after: Totals, tokens: int, first_s: float | None, last_s: float,
                     started: Started) -> dict:
     """The `moepic` field from engine totals before and after the request (times in seconds from
     the engine starting on it)."""
-    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
-    fetched = after["bytes_fetched"] - before["bytes_fetched"]
+    hits, misses = after.hits - before.hits, after.misses - before.misses
+    fetched = after.bytes_fetched - before.bytes_fetched
     decode_s = last_s - first_s if first_s is not None else 0.0
     return {
         "hit_rate": round(hits / (hits + misses), 4) if hits + misses > 0 else None,
@@ -101,7 +102,7 @@ def generate(engine, model: str, request: GenerationRequest, stop, arrived: floa
     ids = prompt_ids(engine, request)
     budget = token_budget(engine, request, len(ids))
     options = sampling(engine, request)
-    before = engine.snapshot()["totals"]
+    before = engine.snapshot().totals
     started = Started(model, len(ids), t0 - arrived)
     yield started
     stops, detok = StopStrings(request.stop), IncrementalDetokenizer(engine.tokenizer)
@@ -118,5 +119,5 @@ def generate(engine, model: str, request: GenerationRequest, stop, arrived: floa
     if tail:
         yield tail
     ended = stops.stopped or (last is not None and engine.ends_reply(last)) or count < budget
-    figures = request_figures(before, engine.snapshot()["totals"], count, first_s, time.perf_counter() - t0, started)
+    figures = request_figures(before, engine.snapshot().totals, count, first_s, time.perf_counter() - t0, started)
     yield Finished("stop" if ended else "length", count, figures)

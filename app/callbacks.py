@@ -13,6 +13,7 @@ import time
 
 import gradio as gr
 import psutil
+from moepic_core.snapshot import Snapshot
 
 from app import models
 from app.config import GB, SIMULATED_CACHE_SHARE, AppConfig, cpu_mode, default_vram_gb
@@ -29,7 +30,7 @@ def status_html(level: str, message: str) -> str:
     return f'<div class="mp-status mp-{level}">{icon} {html.escape(message)}</div>'
 
 
-def panels(snap: dict | None, session: Session | None = None) -> tuple[str, str, str, str]:
+def panels(snap: Snapshot | None, session: Session | None = None) -> tuple[str, str, str, str]:
     """(heatmap, split chart, hit-rate chart, stats) HTML: the engine's cache from `snap`, the hit-rate
     chart and the speed from this tab's `session`."""
     return heatmap_html(snap), split_chart_html(snap), hitrate_chart_html(session), stats_html(snap, session)
@@ -46,33 +47,32 @@ def message_text(content) -> str:
     return "" if content is None else str(content)
 
 
-def vram_bounds(snap: dict, hw: dict) -> tuple[float, float]:
+def vram_bounds(snap: Snapshot, hw: dict) -> tuple[float, float]:
     """(low, high) bytes of the VRAM slider: from the engine's minimum to the budget that caches every
     expert whole, and no further than the GPU's total VRAM (a simulated cache has no GPU to cap it)."""
-    budgets = snap["budgets"]
-    low = budgets["min_vram_bytes"]
-    high = low + 1.05 * snap["num_layers"] * snap["num_experts"] * snap["expert_bytes"]
-    if not budgets.get("simulated") and hw.get("vram_total_bytes"):
+    low = snap.budgets.min_vram_bytes
+    high = low + 1.05 * snap.num_layers * snap.num_experts * snap.expert_bytes
+    if not snap.budgets.simulated and hw.get("vram_total_bytes"):
         high = min(high, hw["vram_total_bytes"])
     return low, max(high, low)
 
 
-def slider_unit(snap: dict, hw: dict) -> tuple[float, str]:
+def slider_unit(snap: Snapshot, hw: dict) -> tuple[float, str]:
     """(bytes per slider unit, its name): MB while the slider's whole range is below 1 GB, else GB."""
     return (MB, "MB") if vram_bounds(snap, hw)[1] < GB else (GB, "GB")
 
 
-def vram_range(snap: dict, hw: dict) -> dict:
+def vram_range(snap: Snapshot, hw: dict) -> dict:
     """gr.Slider settings in the slider's unit (`slider_unit`), between `vram_bounds`."""
-    budgets = snap["budgets"]
+    budgets = snap.budgets
     scale, unit = slider_unit(snap, hw)
     low, high = (b / scale for b in vram_bounds(snap, hw))
     step = 10 ** math.floor(math.log10(max(high - low, 1e-6) / 100))
     low = math.ceil(low / step - 1e-9) * step
     high = max(low + step, math.ceil(high / step) * step)
-    value = budgets["vram_bytes"] / scale if budgets.get("vram_bytes") else high
+    value = budgets.vram_bytes / scale if budgets.vram_bytes else high
     digits = max(0, -math.floor(math.log10(step)))
-    label = f"VRAM budget ({unit}" + (", simulated: CPU mode)" if budgets.get("simulated") else ")")
+    label = f"VRAM budget ({unit}" + (", simulated: CPU mode)" if budgets.simulated else ")")
     return dict(minimum=round(low, digits), maximum=round(high, digits), step=step,
                 value=round(min(max(value, low), high), digits), label=label)
 
@@ -97,8 +97,8 @@ class Controller:
         """A simulated cache without --vram-gb: a budget that caches part of the experts, so the panels
         show the cache at work."""
         snap = engine.snapshot()
-        if snap["budgets"].get("simulated") and self.config.vram_gb is None:
-            all_experts = snap["num_layers"] * snap["num_experts"] * snap["expert_bytes"]
+        if snap.budgets.simulated and self.config.vram_gb is None:
+            all_experts = snap.num_layers * snap.num_experts * snap.expert_bytes
             engine.reconfigure(vram_gb=engine.min_vram_gb + SIMULATED_CACHE_SHARE * all_experts / GB)
 
     def check(self, choice: str, quant: str) -> models.ModelCheck:
@@ -126,7 +126,7 @@ class Controller:
         """The status line for the engine as it is now: loaded (with the quant decision), failed, or none."""
         w = self.worker
         if w.engine is not None:
-            mode = MODE_WORDS.get((w.last_snapshot or {}).get("mode"), "")
+            mode = MODE_WORDS.get(w.last_snapshot.mode if w.last_snapshot else None, "")
             fit = getattr(w.engine, "fit", None)
             text = " ".join(n for n in (f"{fit.message()}." if fit else "", w.load_warning or "") if n)
             tight = fit is not None and fit.level == "warn"
@@ -141,7 +141,7 @@ class Controller:
         snap = self.worker.last_snapshot
         if self.worker.engine is None or snap is None:
             return (session.status, gr.Slider(interactive=False), *panels(None), gr.skip(), gr.skip(), session)
-        if snap["budgets"].get("in_place"):
+        if snap.budgets.in_place:
             slider = gr.Slider(interactive=False, label="VRAM budget: none (experts computed in place in RAM)")
         else:
             slider = gr.Slider(interactive=True, **vram_range(snap, self.hw))
@@ -209,8 +209,7 @@ class Controller:
             session.status = status_html("error", str(exc))
             return (session.status, *(gr.skip(),) * 4, session)
         elapsed = time.perf_counter() - start
-        slots = sum(layer["slots"] for layer in snap["layers"])
-        cache = fmt_bytes(snap["budgets"]["cache_bytes"])
+        slots, cache = snap.slots, fmt_bytes(snap.budgets.cache_bytes)
         session.status = status_html("ok", f"{what}: re-laid out in {elapsed:.2f} s without reloading: "
                                            f"{slots} cache slots, {cache} of expert cache.")
         return (session.status, *panels(snap, session), session)
@@ -219,7 +218,7 @@ class Controller:
         """The slider's value, in its unit (`slider_unit`: MB while its range is below 1 GB, else GB)."""
         snap = self.worker.last_snapshot
         scale, unit = slider_unit(snap, self.hw) if snap is not None else (GB, "GB")
-        label = "(simulated) " if snap and snap["budgets"].get("simulated") else ""
+        label = "(simulated) " if snap and snap.budgets.simulated else ""
         return self._relayout(f"VRAM budget {label}{float(value):g} {unit}", session, vram_gb=float(value) * scale / GB)
 
     def set_policy(self, policy: str, session: Session):

@@ -1,4 +1,5 @@
-"""Live panels drawn from `engine.snapshot()` dicts: plain functions, HTML strings out, no gradio.
+"""Live panels drawn from `engine.snapshot()` (a moepic_core.snapshot.Snapshot): plain functions, HTML
+strings out, no gradio.
 
 Every function takes the snapshot (or None before a model is loaded) and returns HTML that renders
 in well under a millisecond per frame, so the UI can refresh it at ~10 Hz while tokens stream.
@@ -9,6 +10,7 @@ import base64
 import html
 import io
 
+from moepic_core.snapshot import LayerSnapshot, Snapshot
 from moepic_core.units import fmt_bytes  # noqa: F401 - the panels' byte format, shared with the engine
 
 # One colour per cache state; the same colours in the heatmap, the hit-rate chart and the legends.
@@ -39,30 +41,26 @@ def heatmap_legend() -> str:
     return f'<div class="mp-legend">{swatches}</div>'
 
 
-def layer_span(layers: list[dict]) -> str:
+def layer_span(layers: tuple[LayerSnapshot, ...]) -> str:
     """The decoder-layer numbers of the MoE layers, e.g. "decoder layers 2–6" (the numbering every CLI uses)."""
-    numbers = [l["layer"] for l in layers]
+    numbers = [l.layer for l in layers]
     if numbers == list(range(numbers[0], numbers[-1] + 1)):
         return f"decoder layers {numbers[0]}–{numbers[-1]}" if len(numbers) > 1 else f"decoder layer {numbers[0]}"
     return "decoder layers " + ", ".join(map(str, numbers))
 
 
-def _cell_state(layer: dict, e: int) -> tuple[str | None, bool, bool]:
-    return layer["cached"][e], e in layer.get("active", ()), e in layer.get("prefetched", ())
-
-
-def _grid(layers: list[dict], experts: int) -> str:
+def _grid(layers: tuple[LayerSnapshot, ...], experts: int) -> str:
     rows = []
     for layer in layers:
-        active, pref = set(layer.get("active", ())), set(layer.get("prefetched", ()))
+        active, pref = set(layer.active), set(layer.prefetched)
         cells = []
-        for e, cached in enumerate(layer["cached"]):
+        for e, cached in enumerate(layer.cached):
             cls = "mp-cell" + (" act" if e in active else "") + (" pre" if e in pref else "")
             state = {None: "not cached", "top": "top cached", "full": "full cached"}[cached]
             extra = (", active" if e in active else "") + (", prefetched" if e in pref else "")
             cells.append(f'<div class="{cls}" style="background:{_CACHE_COLOUR[cached]}" '
-                         f'title="decoder layer {layer["layer"]}, expert {e}: {state}{extra}"></div>')
-        rows.append(f'<div class="mp-rowlabel">{layer["layer"]}</div>' + "".join(cells))
+                         f'title="decoder layer {layer.layer}, expert {e}: {state}{extra}"></div>')
+        rows.append(f'<div class="mp-rowlabel">{layer.layer}</div>' + "".join(cells))
     head = '<div class="mp-rowlabel">layer</div>' + "".join(f'<div class="mp-collabel">{e}</div>' for e in range(experts))
     style = f"grid-template-columns: 2.6em repeat({experts}, minmax(0, 1fr))"
     return f'<div class="mp-grid" style="{style}">{head}{"".join(rows)}</div>'
@@ -72,7 +70,7 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
     return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
 
 
-def heatmap_png(layers: list[dict], experts: int, width: int = PNG_WIDTH, height: int = PNG_HEIGHT) -> bytes:
+def heatmap_png(layers: tuple[LayerSnapshot, ...], experts: int, width: int = PNG_WIDTH, height: int = PNG_HEIGHT) -> bytes:
     """PNG with one block per (layer, expert) and a 1-pixel gap, at most `width` x `height` pixels
     (the page only ever scales it up, so no cell is dropped): the block is the cache colour, an
     orange ring marks an active expert, a green centre a prefetched one."""
@@ -82,11 +80,11 @@ def heatmap_png(layers: list[dict], experts: int, width: int = PNG_WIDTH, height
     rows = len(layers)
     cw, ch = max(3, min(9, width // experts - 1)), max(3, min(12, height // rows - 1))  # cell width, height
     palette = np.array([_rgb(_CACHE_COLOUR[c]) for c in (None, "top", "full")], dtype=np.uint8)
-    state = np.array([[{None: 0, "top": 1, "full": 2}[c] for c in layer["cached"]] for layer in layers])
+    state = np.array([[{None: 0, "top": 1, "full": 2}[c] for c in layer.cached] for layer in layers])
     active, pref = np.zeros((2, rows, experts), dtype=bool)
     for row, layer in enumerate(layers):
-        active[row, list(layer.get("active", ()))] = True
-        pref[row, list(layer.get("prefetched", ()))] = True
+        active[row, list(layer.active)] = True
+        pref[row, list(layer.prefetched)] = True
     ring = np.ones((ch, cw), dtype=bool)
     ring[1:-1, 1:-1] = False
     blocks = np.repeat(np.repeat(palette[state][:, :, None, None, :], ch, 2), cw, 3)  # [L, E, ch, cw, 3]
@@ -100,10 +98,10 @@ def heatmap_png(layers: list[dict], experts: int, width: int = PNG_WIDTH, height
     return buf.getvalue()
 
 
-def heatmap_html(snap: dict | None) -> str:
+def heatmap_html(snap: Snapshot | None) -> str:
     if not snap:
         return _placeholder("The expert cache appears here once a model is loaded.")
-    layers, experts = snap["layers"], snap["num_experts"]
+    layers, experts = snap.layers, snap.num_experts
     if len(layers) * experts <= GRID_MAX_CELLS:
         body = _grid(layers, experts)
     else:
@@ -111,45 +109,43 @@ def heatmap_html(snap: dict | None) -> str:
         body = (f'<img class="mp-heatpng" alt="expert cache heatmap" src="data:image/png;base64,{data}">'
                 f'<div class="mp-axis">rows: {layer_span(layers)} top to bottom · '
                 f'columns: experts 0–{experts - 1} left to right</div>')
-    tokens = snap.get("totals", {}).get("tokens", 0)
+    tokens = snap.totals.tokens
     title = (f'<div class="mp-title">Expert cache · {len(layers)} MoE layers ({layer_span(layers)}) × {experts} '
-             f'experts, top-{snap.get("top_k", "?")} · after token {tokens}</div>')
+             f'experts, top-{snap.top_k} · after token {tokens}</div>')
     return f'<div class="mp-panel" data-tokens="{tokens}">{title}{body}{heatmap_legend()}</div>'
 
 
 # ---- per-layer plan: budget and split ratio bars ----
 
-def _hit(layer: dict) -> str:
+def _hit(layer: LayerSnapshot) -> str:
     """Measured hit rate, saying whether hits are whole experts ("full") or top segments ("top")."""
-    n = layer.get("hits", 0) + layer.get("misses", 0)
-    if not n:
+    if not layer.accesses:
         return "–"
-    full, top = layer.get("full_hits", 0) / n, layer.get("top_hits", 0) / n
-    return " · ".join(f"{kind} {fmt_pct(x)}" for kind, x in (("full", full), ("top", top)) if x) or "0%"
+    rates = (("full", layer.full_hit_rate), ("top", layer.top_hit_rate))
+    return " · ".join(f"{kind} {fmt_pct(x)}" for kind, x in rates if x) or "0%"
 
 
-def split_chart_html(snap: dict | None) -> str:
+def split_chart_html(snap: Snapshot | None) -> str:
     if not snap:
         return _placeholder("The per-layer plan (VRAM budget and split ratio) appears here.")
-    layers = snap["layers"]
-    biggest = max((l["budget_bytes"] for l in layers), default=0) or 1
+    layers = snap.layers
+    biggest = max((l.budget_bytes for l in layers), default=0) or 1
     rows = []
     for l in layers:
-        width_b = 100 * l["budget_bytes"] / biggest
-        width_r = 100 * l["split_ratio"]
+        width_b = 100 * l.budget_bytes / biggest
+        width_r = 100 * l.split_ratio
         rows.append(
-            f'<tr><td class="mp-l">{l["layer"]}</td>'
-            f'<td class="mp-n">{fmt_bytes(l["budget_bytes"])}</td>'
+            f'<tr><td class="mp-l">{l.layer}</td>'
+            f'<td class="mp-n">{fmt_bytes(l.budget_bytes)}</td>'
             f'<td><div class="mp-bar"><b style="width:{width_b:.1f}%;background:{FULL_CACHED}"></b></div></td>'
-            f'<td class="mp-n">{l["split_ratio"]:.2f}</td>'
+            f'<td class="mp-n">{l.split_ratio:.2f}</td>'
             f'<td><div class="mp-bar"><b style="width:{width_r:.1f}%;background:{TOP_CACHED}"></b></div></td>'
-            f'<td class="mp-n">{l["slots"]}</td><td class="mp-n">{fmt_pct(l.get("predicted_hit_rate"))}</td>'
+            f'<td class="mp-n">{l.slots}</td><td class="mp-n">{fmt_pct(l.predicted_hit_rate)}</td>'
             f'<td class="mp-n">{_hit(l)}</td></tr>')
-    layout = snap.get("layout", {})
-    total = sum(l["budget_bytes"] for l in layers)
+    total = sum(l.budget_bytes for l in layers)
     head = ('<tr><th>decoder layer</th><th colspan="2">expert-cache budget</th><th colspan="2">split ratio r '
             '(top share)</th><th>slots</th><th>predicted hit</th><th>measured hit (since load)</th></tr>')
-    title = (f'<div class="mp-title">Per-layer plan · layout: {html.escape(str(layout.get("source", "?")))} · '
+    title = (f'<div class="mp-title">Per-layer plan · layout: {html.escape(snap.layout_source)} · '
              f'cache total {fmt_bytes(total)}</div>')
     return f'<div class="mp-panel">{title}<div class="mp-scroll"><table class="mp-plan">{head}{"".join(rows)}</table></div></div>'
 
@@ -182,8 +178,8 @@ def hitrate_chart_html(session, width: int = 640, height: int = 190) -> str:
     x = lambda i: left + (w * i / (n - 1) if n > 1 else w / 2)  # noqa: E731
     y = lambda v: top + h * (1 - max(0.0, min(1.0, v)))  # noqa: E731
     xs = [x(i) for i in range(n)]
-    full = [r.get("full_hit_rate", 0.0) for r in rows]
-    both = [f + r.get("top_hit_rate", 0.0) for f, r in zip(full, rows)]
+    full = [r.full_hit_rate for r in rows]
+    both = [f + r.top_hit_rate for f, r in zip(full, rows)]
     if n == 1:  # one token: draw it as a bar a few pixels wide
         xs, full, both = [xs[0] - 3, xs[0] + 3], full * 2, both * 2
     base = [y(0.0)] * len(xs)
@@ -223,31 +219,25 @@ def _card(label: str, value: str, note: str = "") -> str:
     return f'<div class="mp-card"><div class="mp-label">{label}</div><div class="mp-value">{value}</div>{note_html}</div>'
 
 
-def _mean_top_share(snap: dict) -> float | None:
-    """The mean split ratio of the layers that cache top segments (r < 1), None if none does."""
-    ratios = [l["split_ratio"] for l in snap.get("layers", []) if l.get("slots") and l["split_ratio"] < 1]
-    return sum(ratios) / len(ratios) if ratios else None
-
-
-def prediction_words(snap: dict) -> str:
+def prediction_words(snap: Snapshot) -> str:
     """The solver's prediction for the layout in words, beside its baselines and what it models."""
-    pred = (snap.get("layout") or {}).get("prediction") or {}
+    pred = snap.prediction
     if pred.get("ms_per_token") is None:
-        return f'layout: {html.escape(str((snap.get("layout") or {}).get("source", "?")))}, no prediction'
+        return f'layout: {html.escape(snap.layout_source)}, no prediction'
     base = "; ".join(f"{BASELINE_WORDS.get(k, k.replace('_', ' '))}: {v:.2f} ms" for k, v in
                      (pred.get("baselines") or {}).items())
     link = pred.get("bandwidth_source") or f'{pred.get("bandwidth_gbps", "?")} GB/s'
     cpu = (" It models a GPU fed through that link, so on this CPU the measured time is far higher."
-           if snap.get("cpu_mode") else "")
+           if snap.cpu_mode else "")
     return (f'The solver predicts {pred["ms_per_token"]:.2f} ms/token for this layout'
             + (f" (same budget, {base})" if base else "") + f"; link {html.escape(str(link))}.{cpu}")
 
 
-def stats_html(snap: dict | None, session=None) -> str:
+def stats_html(snap: Snapshot | None, session=None) -> str:
     """Cards for this tab (speed, hits, bytes: its own replies) and the engine (prefetch, budget)."""
     if not snap:
         return _placeholder("No model loaded.")
-    t, b = snap.get("totals", {}), snap.get("budgets", {})
+    t, b = snap.totals, snap.budgets
     mine = session.totals() if session is not None else {}
     last = session.last if session is not None else None
     last_speed = len(last.rows) / last.seconds if last and last.seconds else None  # decode steps / their time
@@ -257,10 +247,10 @@ def stats_html(snap: dict | None, session=None) -> str:
                   f'{mine["tokens_per_s"]:.1f} tok/s over {mine["tokens"]} tokens' if last and mine.get("tokens_per_s")
                   else "no reply yet in this tab")
     measured = 1000 / mine["tokens_per_s"] if mine.get("tokens_per_s") else None
-    pred = ((snap.get("layout") or {}).get("prediction") or {}).get("ms_per_token")
-    r = _mean_top_share(snap)
-    vram = b.get("vram_bytes")
-    sim = "simulated · " if b.get("simulated") else ""
+    pred = snap.prediction.get("ms_per_token")
+    r = snap.mean_top_share
+    vram = b.vram_bytes
+    sim = "simulated · " if b.simulated else ""
     cards = [
         _card("speed", speed, speed_note),
         _card("ms / token", f'{measured:.0f}<span class="mp-unit">ms</span>' if measured else "–",
@@ -269,16 +259,14 @@ def stats_html(snap: dict | None, session=None) -> str:
         _card("top hits", fmt_pct(mine.get("top_hit_rate")),
               f"top {fmt_pct(r)} of the expert cached, the rest fetched" if r is not None else "no layer is split (r = 1)"),
         _card("moved / token", fmt_bytes(mine.get("bytes_per_token")),
-              f'{fmt_bytes(t.get("bytes_fetched"))} since load, all tabs'),
+              f'{fmt_bytes(t.bytes_fetched)} since load, all tabs'),
         _card("eff. bandwidth", f'{fmt_bytes(mine.get("bytes_per_s"))}<span class="mp-unit">/s</span>',
               "bytes moved ÷ decode time"),
-        _card("prefetch", f'{fmt_pct(t.get("prefetch_precision"))} · {fmt_pct(t.get("prefetch_recall"))}',
+        _card("prefetch", f'{fmt_pct(t.prefetch_precision)} · {fmt_pct(t.prefetch_recall)}',
               "precision (guesses used) · recall (uses guessed), since load"),
         _card("VRAM budget", fmt_bytes(vram) if vram is not None else "no limit",
-              f'{sim}expert cache {fmt_bytes(b.get("cache_bytes"))}, '
-              f'{sum(l["slots"] for l in snap.get("layers", []))} slots'),
+              f'{sim}expert cache {fmt_bytes(b.cache_bytes)}, {snap.slots} slots'),
     ]
-    line = (f'{html.escape(str(snap.get("model", "")))} · {snap.get("family", "")} · {snap.get("device", "")} · '
-            f'{snap.get("dtype", "")} · quant {snap.get("quant", "")} · policy {snap.get("policy", "")} · '
-            f'one expert {fmt_bytes(snap.get("expert_bytes"))}. {prediction_words(snap)}')
+    line = (f'{html.escape(snap.model)} · {snap.family} · {snap.device} · {snap.dtype} · quant {snap.quant} · '
+            f'policy {snap.policy} · one expert {fmt_bytes(snap.expert_bytes)}. {prediction_words(snap)}')
     return f'<div class="mp-panel"><div class="mp-cards">{"".join(cards)}</div><div class="mp-foot">{line}</div></div>'

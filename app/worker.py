@@ -11,6 +11,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator
 
+from moepic_core.snapshot import Snapshot
+
 SNAPSHOT_INTERVAL_S = 0.1  # panels refresh at most ~10 Hz while generating
 HEARTBEAT_S = 0.25  # an empty batch at least this often, so a cancelled handler can close the stream
 STOP_WAIT_S = 60.0  # how long a cancelled handler waits for the engine to settle
@@ -26,7 +28,7 @@ class EngineWorker:
         self._factory = engine_factory
         self.engine = None
         self.model_label: str | None = None
-        self._snapshot: dict | None = None
+        self._snapshot: Snapshot | None = None
         self.snapshot_version = 0  # bumped on every new snapshot, so idle pages know when to redraw
         self.progress: tuple[str, float] | None = None  # (stage, fraction) of the load in flight
         self.load_error: str | None = None
@@ -34,11 +36,11 @@ class EngineWorker:
         self._load: Future | None = None
 
     @property
-    def last_snapshot(self) -> dict | None:
+    def last_snapshot(self) -> Snapshot | None:
         return self._snapshot
 
     @last_snapshot.setter
-    def last_snapshot(self, snap: dict | None) -> None:
+    def last_snapshot(self, snap: Snapshot | None) -> None:
         self._snapshot, self.snapshot_version = snap, self.snapshot_version + 1
 
     # ---- loading ----
@@ -111,7 +113,7 @@ class EngineWorker:
 
         return self._pool.submit(job).result()
 
-    def reconfigure(self, **kwargs) -> dict:
+    def reconfigure(self, **kwargs) -> Snapshot:
         def job(engine):
             engine.reconfigure(**kwargs)
             self.last_snapshot = engine.snapshot()
@@ -119,7 +121,7 @@ class EngineWorker:
 
         return self.call(job)
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> Snapshot:
         def job(engine):
             self.last_snapshot = engine.snapshot()
             return self.last_snapshot
@@ -162,7 +164,7 @@ class EngineWorker:
         return self._pool.submit(self._generate, start, stop, out)
 
     def stream(self, messages: list[dict], stop: threading.Event | None = None,
-               **options) -> Iterator[tuple[str, dict | None]]:
+               **options) -> Iterator[tuple[str, Snapshot | None]]:
         """Yield `(new_text, snapshot_or_None)` batches: whatever arrived since the last batch, or
         `("", None)` every HEARTBEAT_S while nothing arrives. Closing the iterator stops generation
         and waits for the engine thread to settle."""

@@ -167,15 +167,15 @@ def measure(folder: Path, device: str, dtype: str, label: str, tokens: int, **op
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     snap = engine.snapshot()
-    t = snap["totals"]
+    t = snap.totals
     decode_s = engine.runtime.stats.decode_seconds
-    row = {"config": label, "tokens_per_s": t["tokens"] / decode_s if decode_s else 0.0,
-           "wall_tokens_per_s": tokens / seconds, "hit_rate": t["hit_rate"],
-           "mb_per_token": t["bytes_fetched"] / max(1, t["tokens"]) / 1e6,
-           "gbps_moved": t["bytes_fetched"] / decode_s / 1e9 if decode_s else 0.0,
-           "cache_gb": snap["budgets"]["cache_bytes"] / 1e9,
-           "split": sorted({l["split_ratio"] for l in snap["layers"]}),
-           "slots": [l["slots"] for l in snap["layers"]]}
+    row = {"config": label, "tokens_per_s": t.tokens / decode_s if decode_s else 0.0,
+           "wall_tokens_per_s": tokens / seconds, "hit_rate": t.hit_rate,
+           "mb_per_token": t.bytes_fetched / max(1, t.tokens) / 1e6,
+           "gbps_moved": t.bytes_fetched / decode_s / 1e9 if decode_s else 0.0,
+           "cache_gb": snap.budgets.cache_bytes / 1e9,
+           "split": sorted({l.split_ratio for l in snap.layers}),
+           "slots": [l.slots for l in snap.layers]}
     del engine
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -166,7 +166,7 @@ def moepic_measure(model: str, quant: str, dense_quant: str | None, threads: int
         stats = engine.runtime.stats
         rate = stats.tokens / stats.decode_seconds
         best = rate if best is None else max(best, rate)
-    return {"tokens_per_s": best, "load_s": load_s, "kernels": engine.kernels, "mode": engine.snapshot()["mode"]}
+    return {"tokens_per_s": best, "load_s": load_s, "kernels": engine.kernels, "mode": engine.mode}
 
 
 def run_moepic(model: Path, quant: str, dense_quant: str | None, threads: int, tokens: int) -> dict:

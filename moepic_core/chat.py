@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
                          dtype=args.dtype, quant=args.quant, policy=args.policy, split=args.split,
                          cache_dir=args.cache_dir, cpu_mode=args.cpu_mode, dense_quant=args.dense_quant)
     snap = engine.snapshot()
-    print(f"[{snap['model']}: {snap['mode']} mode, {snap['dtype']}, kernels: {snap['kernels']}; "
+    print(f"[{snap.model}: {snap.mode} mode, {snap.dtype}, kernels: {snap.kernels}; "
           f"{engine.fit.message()}]", file=sys.stderr)
     if engine.tokenizer is None:
         raise GenerationError(f"{args.model} has no tokenizer")
@@ -91,21 +91,20 @@ def run(args: argparse.Namespace) -> None:
     if args.ids_json:
         atomic_write_text(args.ids_json, json.dumps(new_ids))
     if args.stats_json:
-        atomic_write_text(args.stats_json, json.dumps(engine.snapshot(), indent=1))
+        atomic_write_text(args.stats_json, json.dumps(engine.snapshot().to_json(), indent=1))
     print(summary(engine.snapshot()), file=sys.stderr)
 
 
-def summary(snap: dict) -> str:
-    """The stderr line after an answer; layers by their decoder-layer index, as the app and the other
-    CLIs number them."""
-    t = snap["totals"]
-    acts = t["hits"] + t["misses"]
-    split = f" (full {t['full_hits'] / acts:.0%}, top {t['top_hits'] / acts:.0%})" if acts else ""
-    layers = ", ".join(f"{l['layer']}: {l['hits'] / (l['hits'] + l['misses']):.0%}" for l in snap["layers"]
-                       if l["hits"] + l["misses"])
-    return (f"[{t['tokens']} tokens, {t['tokens_per_s']:.1f} tok/s, hit rate {t['hit_rate']:.0%}{split}, "
-            f"{t['bytes_per_token'] / 1e6:.2f} MB fetched/token" + (f"; hit rate by decoder layer {layers}" if layers
-                                                                      else "") + "]")
+def summary(snap) -> str:
+    """The stderr line after an answer (`snap`: a Snapshot); layers by their decoder-layer index, as the
+    app and the other CLIs number them."""
+    t = snap.totals
+    acts = t.hits + t.misses
+    split = f" (full {t.full_hits / acts:.0%}, top {t.top_hits / acts:.0%})" if acts else ""
+    layers = ", ".join(f"{l.layer}: {l.hit_rate:.0%}" for l in snap.layers if l.accesses)
+    return (f"[{t.tokens} tokens, {t.tokens_per_s:.1f} tok/s, hit rate {t.hit_rate:.0%}{split}, "
+            f"{t.bytes_per_token / 1e6:.2f} MB fetched/token" + (f"; hit rate by decoder layer {layers}" if layers
+                                                                  else "") + "]")
 
 
 def main(argv=None) -> int:

@@ -28,8 +28,10 @@ from .options import bad
 from .loader import build_dense_model
 from .offload import ExpertRuntime, OffloadedExperts
 from .quant import TORCH_DTYPES, dtype_name
+from .snapshot import Snapshot
 from .store import CheckpointReader, ExpertStore, default_cache_dir
 from .text import IncrementalDetokenizer, chat_input_ids
+from .trace import RoutingTrace, TraceRecorder
 
 log = logging.getLogger(__name__)
 AUTO_FALLBACK = "lru"  # the policy "auto" runs where no solver chose one (a given split, all resident)
@@ -68,6 +70,12 @@ def in_place_mode(cfg: EngineConfig, device: torch.device) -> bool:
     return resolve_cpu_mode(cfg, device) == "in-place"
 
 
+def needs_profile(policy: str, params: dict) -> bool:
+    """Whether the static policy runs (alone or on some layer) without a profile: it takes the
+    calibration trace's activation counts."""
+    return "static" in (policy, *params.get("layers", ())) and "profile" not in params
+
+
 _HARDWARE = {}
 
 
@@ -87,7 +95,7 @@ class Engine:
         self.device, self.dtype = device, dtype
         self.lock = threading.RLock()  # one forward step or one re-layout at a time
         self.budget: Budget | None = None
-        self._trace = None  # calibration routing trace, loaded or recorded on first need
+        self._trace = None  # the calibration routing trace, once a layout or a policy needed it (`calibrate`)
 
     # --- loading ------------------------------------------------------------------------------
     @classmethod
@@ -125,7 +133,9 @@ class Engine:
         cls._pack_dense(model_, cfg, dtype, device, routers)
         engine = cls(cfg, folder, spec, adapter, model_, tokenizer, runtime, device, dtype)
         engine.fit = fit  # the quant decision with its numbers, for the CLI and the app to show
-        engine._apply(cfg, fresh_policy=True)
+        budget = cls._budget(cfg, spec, dtype, device)
+        engine._calibrate_for(cfg, budget)
+        engine._apply(cfg, budget, fresh_policy=True)
         if progress:
             progress("ready", 1.0)
         return engine
@@ -197,7 +207,8 @@ class Engine:
                               spec.row_bytes(cfg.quant, self.dtype), spec.num_experts)
 
     def _layout(self, cfg: EngineConfig, budget: Budget) -> Layout:
-        """The solver's layout when no split is given (trivial budgets need no solver), else uniform."""
+        """The solver's layout when no split is given (trivial budgets need no solver), else uniform. The
+        solver reads the calibration trace: `_calibrate_for` made it before (this never decodes)."""
         store = self.spec.store_bytes(cfg.quant, self.dtype)
         if budget.in_place:
             layout = self._uniform(cfg, budget, 1.0)
@@ -207,7 +218,7 @@ class Engine:
             return self._uniform(cfg, budget, float(cfg.split))
         hw = detect_hardware(self.device)
         cpu_gbps = self._cpu_gbps(cfg)
-        if budget.cache_bytes <= 0 or budget.cache_bytes >= store:
+        if not self._solver_runs(cfg, budget):
             layout = self._uniform(cfg, budget, 1.0)
             layout.source = "all-resident" if budget.cache_bytes >= store else "no-cache"
             if budget.cache_bytes <= 0 and cpu_gbps > hw.bandwidth_gbps:  # no cache: misses where they are fastest
@@ -216,7 +227,7 @@ class Engine:
         from .planning import solve_layout
 
         layout = solve_layout(self.spec, budget.cache_bytes, bandwidth_gbps=hw.bandwidth_gbps, cpu_gbps=cpu_gbps,
-                              trace=self._calibration(), policy=cfg.policy, quant=cfg.quant, dtype=self.dtype,
+                              trace=self._calibrated(), policy=cfg.policy, quant=cfg.quant, dtype=self.dtype,
                               policy_params=cfg.policy_params or None,
                               prefetch_accuracy=None if cfg.prefetch else 0.0)
         layout.prediction.update(bandwidth_source=hw.bandwidth_source, cpu_gbps=cpu_gbps,
@@ -233,14 +244,37 @@ class Engine:
 
         return measure_cpu_gbps(self.spec.hidden_size, self.spec.intermediate_size, cfg.quant, self.dtype)
 
-    def _calibration(self):
+    def _solver_runs(self, cfg: EngineConfig, budget: Budget) -> bool:
+        """Whether `_layout` asks the solver: no split given and a cache between nothing and everything."""
+        store = self.spec.store_bytes(cfg.quant, self.dtype)
+        return not budget.in_place and cfg.split in (None, "auto") and 0 < budget.cache_bytes < store
+
+    def _calibrate_for(self, cfg: EngineConfig, budget: Budget) -> bool:
+        """The calibration step of `load` and `reconfigure`: calibrate now when `cfg` needs the trace
+        (the solver lays the cache out, or a static policy needs its profile) and there is none yet.
+        Returns whether it did (the policy's state then starts afresh: calibration decoded through it)."""
+        needed = self._solver_runs(cfg, budget) or needs_profile(cfg.policy, cfg.policy_params)
+        if self._trace is not None or not needed:
+            return False
+        self.calibrate(budget)
+        return True
+
+    def calibrate(self, budget: Budget | None = None):
+        """The calibration routing trace (calibrate.py): shipped beside the model, saved for its store, or
+        else recorded now by decoding the built-in prompts on a uniform whole-expert layout of `budget`
+        (default: the engine's), counted apart (the engine's counters are not touched). Made once."""
         if self._trace is None:
             from .calibrate import calibration_trace
 
-            with self.lock:
-                self.runtime.configure(self._uniform(self.cfg, self.budget, 1.0))
+            with self.lock, self.runtime.separate_stats():
+                self.runtime.configure(self._uniform(self.cfg, budget or self.budget, 1.0))
                 self._trace = calibration_trace(self)
-                self.runtime.stats.reset()
+        return self._trace
+
+    def _calibrated(self):
+        """The calibration trace `_calibrate_for` made; a layout never decodes to get one."""
+        if self._trace is None:
+            raise RuntimeError("no calibration trace: Engine._calibrate_for must run before this layout")
         return self._trace
 
     def _policy(self, cfg: EngineConfig, layout: Layout) -> tuple[str, dict]:
@@ -248,20 +282,16 @@ class Engine:
         the configured one ("auto" without a solved layout: lru)."""
         name, params = layout.policy(AUTO_FALLBACK if cfg.policy == AUTO else cfg.policy)
         params = {**cfg.policy_params, **params}
-        if "static" in (name, *params.get("layers", ())) and "profile" not in params:
-            params["profile"] = self._calibration().counts().tolist()
+        if needs_profile(name, params):
+            params["profile"] = self._calibrated().counts().tolist()
         return name, params
 
-    def _apply(self, cfg: EngineConfig, fresh_policy: bool) -> None:
-        """Budget, layout and pools for `cfg`; a fresh policy state when asked (or after calibrating)."""
-        budget = self._budget(cfg, self.spec, self.dtype, self.device)
-        if self.budget is None:
-            self.cfg, self.budget = cfg, budget
-        calibrated = self._trace is not None
+    def _apply(self, cfg: EngineConfig, budget: Budget, fresh_policy: bool) -> None:
+        """Layout and pools for `cfg` within `budget`; a fresh policy state when asked or when the
+        layout's policy differs from the running one."""
         layout = self._layout(cfg, budget)
         policy = self._policy(cfg, layout)
-        fresh_policy = (fresh_policy or (self._trace is not None and not calibrated)
-                        or policy != (self.runtime.policy_name, self.runtime.policy_params))
+        fresh_policy = fresh_policy or policy != (self.runtime.policy_name, self.runtime.policy_params)
         with self.lock:
             self.runtime.configure(layout, *(policy if fresh_policy else ()))
             self.cfg, self.budget = cfg, budget
@@ -284,7 +314,10 @@ class Engine:
         if policy_params is not None:
             changes["policy_params"] = policy_params
         cfg = dataclasses.replace(self.cfg, **changes)
-        self._apply(cfg, fresh_policy=(cfg.policy, cfg.policy_params) != (self.cfg.policy, self.cfg.policy_params))
+        budget = self._budget(cfg, self.spec, self.dtype, self.device)
+        calibrated = self._calibrate_for(cfg, budget)
+        self._apply(cfg, budget, fresh_policy=calibrated or (cfg.policy, cfg.policy_params) != (
+            self.cfg.policy, self.cfg.policy_params))
         return self.runtime.layout.to_dict()
 
     @property
@@ -381,46 +414,32 @@ class Engine:
     # --- traces and stats ---------------------------------------------------------------------
     def start_trace(self) -> None:
         """Record every decode step's routing (and the prefetcher's guesses) from now on."""
-        self.runtime.recording = []
+        spec = self.spec
+        self.runtime.recorder = TraceRecorder(spec.num_moe_layers, spec.top_k, self.runtime.prefetcher.width,
+                                              spec.num_experts, spec.name)
 
-    def stop_trace(self):
+    def stop_trace(self) -> RoutingTrace:
         """The decode steps recorded since `start_trace` as a RoutingTrace."""
-        import numpy as np
-
-        from .trace import RoutingTrace
-
-        rows, self.runtime.recording = self.runtime.recording or [], None
-        experts = np.array([r[0] for r in rows], dtype=np.int16).reshape(len(rows), self.spec.num_moe_layers, -1)
-        predicted = np.array([r[1] for r in rows], dtype=np.int16).reshape(len(rows), self.spec.num_moe_layers, -1)
-        return RoutingTrace(experts=experts, predicted=predicted, num_experts=self.spec.num_experts,
-                            top_k=self.spec.top_k, model=self.spec.name)
+        recorder, self.runtime.recorder = self.runtime.recorder, None
+        if recorder is None:
+            raise RuntimeError("stop_trace without start_trace")
+        return recorder.trace()
 
     def reset_stats(self) -> None:
+        """Start the counters and the per-token history afresh (the app and the CLIs never do it)."""
         self.runtime.stats.reset()
 
-    def snapshot(self) -> dict:
-        """A JSON-serialisable picture of the cache, the layout and the counters."""
-        rt, spec = self.runtime, self.spec
+    def snapshot(self) -> Snapshot:
+        """A typed picture of the cache, the layout and the counters (`.to_json()` for JSON)."""
         with self.lock:
-            layers = [rt.layer_snapshot(pos) for pos in range(spec.num_moe_layers)]
-            predicted = rt.layout.prediction.get("layers") or [{}] * len(layers)
-            for layer, guess in zip(layers, predicted):
-                layer["predicted_hit_rate"] = guess.get("hit_rate")
-            totals = rt.stats.totals()
-            history = list(rt.stats.history)
-        return {
-            "model": spec.name, "family": spec.family, "device": str(self.device),
-            "cpu_mode": self.device.type == "cpu", "mode": resolve_cpu_mode(self.cfg, self.device),
-            "kernels": self.kernels, "dtype": self.dtype, "quant": self.cfg.quant,
-            "policy": self._policy_label(), "num_layers": spec.num_moe_layers, "num_experts": spec.num_experts,
-            "top_k": spec.top_k, "intermediate_size": spec.intermediate_size,
-            "expert_bytes": spec.expert_bytes(self.cfg.quant, self.dtype),
-            "budgets": self.budget.to_dict(), "layout": {"source": rt.layout.source,
-                                                         "prediction": rt.layout.prediction},
-            "layers": layers, "totals": totals, "history": history,
-        }
+            return Snapshot.of(self)
 
-    def _policy_label(self) -> str:
+    @property
+    def mode(self) -> str:
+        """"gpu", "simulated" or "in-place"."""
+        return resolve_cpu_mode(self.cfg, self.device)
+
+    def policy_label(self) -> str:
         """The policy running, e.g. "lru", "auto: lcp-filtered" or "auto: per layer (lru x20, reuse x12)"."""
         names = [p.policy or self.runtime.policy_name for p in self.runtime.layout.layers]
         counts = {n: names.count(n) for n in dict.fromkeys(names)}

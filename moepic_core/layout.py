@@ -35,6 +35,7 @@ from .spec import chunk_neurons
 
 SPLIT_CHUNKS = 16  # split ratios are multiples of about 1/16 of the intermediate size
 WORKERS = ("link", "cpu")  # where a LayerPlan may put a segment's computation
+HIT, ADMITTED, MISS = "hit", "admitted", "miss"  # what the cache directory made of a needed expert
 
 
 def split_step(intermediate_size: int) -> int:
@@ -67,8 +68,40 @@ class LayerPlan:
             if getattr(self, name) not in WORKERS:
                 raise ValueError(f"LayerPlan.{name} must be one of {', '.join(WORKERS)}, got {getattr(self, name)!r}")
 
+    def top_rows(self, intermediate_size: int) -> int:
+        """The split rule: an expert's top segment is neurons [0, top), its bottom [top, I); 0 without slots."""
+        return split_rows(intermediate_size, self.split_ratio) if self.slots else 0
+
+    def segments(self, kind: str, intermediate_size: int, cpu_ok: bool,
+                 staged: tuple[int, int] | None = None) -> Segments:
+        """Where the rows of one needed expert are computed (the rules of the module doc). `kind`: HIT,
+        ADMITTED or MISS; `cpu_ok`: a CPU worker runs; `staged`: rows a prefetch already holds in
+        staging, used whatever the rule says (the CPU never recomputes rows the link brought)."""
+        top, I = self.top_rows(intermediate_size), intermediate_size
+
+        def to_cpu(where: str, needed: tuple[int, int]) -> bool:
+            held = staged is not None and staged[0] <= needed[0] and needed[1] <= staged[1]
+            return cpu_ok and where == "cpu" and not held
+
+        if kind == HIT:
+            if top >= I:
+                return Segments()
+            return Segments(cpu=(top, I)) if to_cpu(self.bottom_on, (top, I)) else Segments(link=(top, I))
+        if kind == ADMITTED:
+            if top < I and to_cpu(self.bottom_on, (0, I)):
+                return Segments(link=(0, top), cpu=(top, I))
+            return Segments(link=(0, I))
+        return Segments(cpu=(0, I)) if to_cpu(self.miss_on, (0, I)) else Segments(link=(0, I))
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Rows [start, stop) of one needed expert beyond what its slot holds, by worker."""
+    link: tuple[int, int] | None = None  # fetched over the link into staging, computed on the device
+    cpu: tuple[int, int] | None = None   # computed on the CPU from the host store
 
 
 @dataclass

@@ -1,21 +1,22 @@
 """ExpertRuntime: the offloaded experts forward of every MoE layer, in named steps.
 
 Per forward step and MoE layer `pos` (the `pos`-th MoE layer), `forward` runs:
-  1. `_route`: the router's choice (transformers' own router ran already) gives the step's
-     experts; a trace row is recorded when asked;
+  1. `_route`: the router's choice (transformers' own router ran already) as a `Routing`;
   2. the CacheDirectory counts hits before admitting anything and decides admissions/evictions;
-  3. `plan_work` (the split and placement rule, in one place): per needed expert, its top rows from
-     the pool slot on a hit; the rest over the link into staging or on the CPU from the host
-     store, as the layer's plan says (LayerPlan.bottom_on / miss_on; layout.py);
+  3. `plan_work`: per needed expert, its top rows from the pool slot on a hit; the rest over the
+     link into staging or on the CPU from the host store, as the layer's split and placement rule
+     says (`LayerPlan.segments`, layout.py: the rule's one home);
   4. `_reconcile_staging`: prefetched rows that this step needs are kept, wrong guesses dropped;
   5. `_issue`: link fetches for what staging lacks; `_submit_cpu`: CPU segments start now, on the
      CPU worker, concurrently with everything below;
-  6. `_prefetch`: on a decode step, layer `pos+1`'s router applied to this layer's input guesses
-     the next layer's experts; what the rules would fetch for them is queued in chunks on the
+  6. `_prefetch`: on a one-token step, layer `pos+1`'s router applied to this layer's input guesses
+     the next layer's experts; what the rule would fetch for them is queued in chunks on the
      LinkQueue (prefetch.py), which a later wrong guess drops before its bytes move;
   7. `_compute`: experts in eager's order (ascending id) by the ExpertKernel (kernels.py): the top
      from the slot while the rest may still be in flight, then the fetched rows, then the CPU's
-     result; the down bias once per expert; an admitted miss copies its top rows into its slot.
+     result; the down bias once per expert; an admitted miss copies its top rows into its slot;
+  8. `_emit`: the step's one record (`LayerStep`, step.py) goes to the counters, the live view of
+     the cache and, while one is recorded, the routing trace.
 The output is the exact sum of the segments whichever worker computed each. On CUDA, fetches run on
 a copy stream and compute waits on per-buffer events; the host syncs to read the router's choice
 and, when the CPU computes a segment, to hand it the hidden vector.
@@ -27,6 +28,7 @@ with RAM buffers, to show the cache at work.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,9 +39,11 @@ from .cache import CacheDirectory, make_policy
 from .cache.pool import SlotPool, Staging, Transfer
 from .cpu_worker import CpuWorker
 from .kernels import SILU, Activation, ExpertKernel
-from .layout import Layout
+from .layout import ADMITTED, HIT, MISS, Layout
 from .prefetch import LinkQueue, Prefetcher
 from .stats import EngineStats
+from .step import CacheActivity, LayerStep, Routing
+from .trace import TraceRecorder
 
 PREFETCH_CHUNK_BYTES = 8 << 20  # costmodel.PREFETCH_CHUNK_BYTES: what the solver assumes
 
@@ -85,7 +89,8 @@ class ExpertRuntime:
         n_staging = 0 if in_place else staging_experts(self.spec.top_k, prefetch_extra)
         self.staging = Staging(n_staging, self.I, store.row_bytes, device)
         self.stats = EngineStats(self.num_layers)
-        self.recording: list | None = None  # decode-step routing rows when recording a trace
+        self.activity = CacheActivity(self.num_layers)  # the last step's active and guessed experts
+        self.recorder: TraceRecorder | None = None  # set while a routing trace is recorded
         self.policy_name, self.policy_params = policy, dict(policy_params or {})
         self.pool = self.directory = self.layout = None
         self.cpu_worker: CpuWorker | None = None
@@ -145,81 +150,72 @@ class ExpertRuntime:
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, pos, x, top_k_index, top_k_weights):
-        routing, experts = self._route(pos, top_k_index)
-        single = len(routing) == 1  # decode: one token
-        access = self.directory.access(pos, experts)
-        self.stats.record_access(pos, len(access.hits), len(access.misses), self.is_split(pos))
-        layer_stats = self.stats.layers[pos]
-        layer_stats.active = experts
+        routing = self._route(pos, top_k_index)
+        access = self.directory.access(pos, routing.experts)
         guess = self.prefetcher.take(pos)
-        if guess is not None:
-            layer_stats.record_guess(guess, experts)
-        work = self.plan_work(pos, access, experts)
-        self._reconcile_staging(pos, work)
+        work = self.plan_work(pos, access, routing.experts)
+        prefetched = self._reconcile_staging(pos, work)
         queue = [e for e, w in work.items() if w.link and (pos, e) not in self.staging.entries]
         issued = self._issue(pos, queue, 0, work)
-        cpu_jobs = self._submit_cpu(pos, work, x, top_k_index, single)
-        if single and issued == len(queue) and pos + 1 < self.num_layers:
+        cpu_jobs = self._submit_cpu(pos, work, x, top_k_index, routing)
+        if routing.one_token and issued == len(queue) and pos + 1 < self.num_layers:
             self._prefetch(pos + 1, x)
-        self._pump()
-        return self._compute(pos, x, routing, top_k_index, top_k_weights, work, cpu_jobs, queue, issued)
+        self.link.pump()
+        out = self._compute(pos, x, routing, top_k_index, top_k_weights, work, cpu_jobs, queue, issued)
+        self._emit(LayerStep(pos, routing, len(access.hits), len(access.misses), self.is_split(pos),
+                             None if guess is None else tuple(guess),
+                             link_bytes=self._rows_bytes(work[e].link for e in queue),
+                             cpu_bytes=self._rows_bytes(w.cpu for w in work.values()), **prefetched))
+        return out
 
-    def _route(self, pos: int, top_k_index: torch.Tensor) -> tuple[list, list[int]]:
-        routing = top_k_index.tolist()  # host sync: the fetches depend on it
-        experts = sorted({e for row in routing for e in row})
-        single = len(routing) == 1
+    def _route(self, pos: int, top_k_index: torch.Tensor) -> Routing:
+        routing = Routing.of(top_k_index.tolist())  # host sync: the fetches depend on it
         if pos == 0:
             self.directory.step()
-            if self.recording is not None and single:
-                self.recording.append(([[-1] * self.spec.top_k for _ in range(self.num_layers)],
-                                       [[-1] * self.prefetcher.width] * self.num_layers))
-        if self.recording is not None and single and self.recording:
-            self.recording[-1][0][pos] = list(routing[0])
-        return routing, experts
+        return routing
+
+    def _emit(self, step: LayerStep) -> None:
+        """Hand the layer's step record to its readers: the counters, the live view, the recorder."""
+        self.stats.add(step)
+        self.activity.add(step)
+        if self.recorder is not None:
+            self.recorder.add(step)
+
+    def _rows_bytes(self, segments) -> int:
+        """Bytes of the rows [start, stop) of `segments` (None: no rows)."""
+        return sum(stop - start for start, stop in filter(None, segments)) * self.store.row_bytes
 
     def plan_work(self, pos: int, access, experts: list[int]) -> dict[int, ExpertWork]:
-        """The split and placement rule. A hit computes its top [0, r*I) from its slot; the bottom
-        [r*I, I) of a split hit goes over the link or to the CPU (`bottom_on`). An admitted miss
-        fetches its top (its slot needs it) and its bottom follows `bottom_on`; a miss not admitted
-        goes over the link or to the CPU whole (`miss_on`). Rows a prefetch already staged are used
-        whatever the rule says."""
-        plan, top, I = self.layout.layers[pos], self.pool.rows[pos], self.I
-        cpu_ok = self.cpu_worker is not None
+        """Per needed expert: its slot on a hit, its slot-to-be on an admission, and the rest of its
+        rows as the layer's split and placement rule says (LayerPlan.segments, layout.py)."""
+        plan, cpu_ok = self.layout.layers[pos], self.cpu_worker is not None
         work = {}
         for e in experts:
+            kind = HIT if e in access.hits else ADMITTED if e in access.admitted else MISS
             staged = self.staging.entries.get((pos, e))
-            w = ExpertWork()
-            if e in access.hits:
-                w.slot = access.hits[e]
-                if top < I:
-                    on_cpu = cpu_ok and plan.bottom_on == "cpu" and not (staged and staged.covers(top, I))
-                    w.cpu, w.link = ((top, I), None) if on_cpu else (None, (top, I))
-            elif e in access.admitted:
-                w.admit = access.admitted[e]
-                on_cpu = cpu_ok and top < I and plan.bottom_on == "cpu" and not (staged and staged.covers(0, I))
-                w.link, w.cpu = ((0, top), (top, I)) if on_cpu else ((0, I), None)
-            else:
-                on_cpu = cpu_ok and plan.miss_on == "cpu" and not (staged and staged.covers(0, I))
-                w.cpu, w.link = ((0, I), None) if on_cpu else (None, (0, I))
-            work[e] = w
+            rows = plan.segments(kind, self.I, cpu_ok, staged and (staged.start, staged.stop))
+            work[e] = ExpertWork(access.hits.get(e), rows.link, rows.cpu, access.admitted.get(e))
         return work
 
-    def _reconcile_staging(self, pos: int, work: dict[int, ExpertWork]) -> None:
-        """Keep this layer's staged rows the step needs (finishing their queued chunks); drop the rest."""
+    def _reconcile_staging(self, pos: int, work: dict[int, ExpertWork]) -> dict[str, int]:
+        """Keep this layer's staged rows the step needs (finishing their queued chunks); drop the rest.
+        Staged rows of this layer are all prefetched (demand fetches are released as computed); their
+        bytes count here, where the guess proves right or wrong: LayerStep's prefetch_* fields."""
+        used = wasted = dropped = 0
         for (p, e), entry in list(self.staging.entries.items()):
             if p != pos:
                 continue
             w = work.get(e)
             if w is not None and w.link and entry.covers(*w.link):
-                event, moved = self.link.finish((p, e))
-                if moved:
-                    self.stats.record_bytes(pos, moved, prefetched=True)
+                event, _ = self.link.finish((p, e))
                 entry.ready = event if event is not None else entry.ready
+                used += entry.nbytes
                 continue
-            event, dropped = self.link.drop((p, e))
+            event, never_moved = self.link.drop((p, e))
             self.staging.release((p, e), event)
-            self.stats.layers[pos].prefetch_dropped_bytes += dropped
-            self.stats.layers[pos].prefetch_wasted_bytes += entry.nbytes - dropped
+            dropped += never_moved
+            wasted += entry.nbytes - never_moved
+        return dict(prefetch_used_bytes=used, prefetch_wasted_bytes=wasted, prefetch_dropped_bytes=dropped)
 
     def _issue(self, pos: int, queue: list[int], issued: int, work: dict[int, ExpertWork]) -> int:
         """Fetch `queue[issued:]`'s link rows while staging buffers are free; returns the new count."""
@@ -228,15 +224,15 @@ class ExpertRuntime:
             start, stop = work[e].link
             src = self.store.rows(pos, e, start, stop)
             self.staging.fetch((pos, e), src, start, self.transfer)
-            self.stats.record_bytes(pos, src.numel())
             issued += 1
         return issued
 
-    def _submit_cpu(self, pos, work, x, top_k_index, single) -> dict:
+    def _submit_cpu(self, pos, work, x, top_k_index, routing: Routing) -> dict:
         """Start the CPU segments; only the hidden vectors go to the host (a sync on CUDA)."""
         jobs = [e for e, w in work.items() if w.cpu]
         if not jobs:
             return {}
+        single = routing.one_token
         x_host = x.detach().to("cpu")
         mask = None if single else top_k_index.t().cpu()
         futures = {}
@@ -245,12 +241,11 @@ class ExpertRuntime:
             xs = x_host if single else x_host[torch.where(mask == e)[1]]
             bias = None if self.store.biases is None else self.store.neuron_bias(pos, e)[start:stop]
             futures[e] = self.cpu_worker.submit(xs, self.store.rows(pos, e, start, stop), bias)
-            self.stats.record_cpu(pos, (stop - start) * self.store.row_bytes)
         return futures
 
     def _compute(self, pos, x, routing, top_k_index, top_k_weights, work, cpu_jobs, queue, issued):
         """Every needed expert in eager's order, its segments summed, weighted, accumulated."""
-        single = len(routing) == 1  # decode: skip the gather/scatter, same arithmetic as eager
+        single = routing.one_token  # skip the gather/scatter, same arithmetic as eager
         out = None if single else torch.zeros_like(x)
         hit_mask = top_k_index.t()  # [K, T], as eager walks it
         top = self.pool.rows[pos]
@@ -278,12 +273,12 @@ class ExpertRuntime:
             if self.biases is not None:  # the down bias: once per expert, never per segment
                 y = y + self.biases[pos, e, 2 * self.I:].to(y.dtype)
             if single:
-                y = (y * top_k_weights[0, routing[0].index(e)]).to(x.dtype)
+                y = (y * top_k_weights[0, routing.rows[0].index(e)]).to(x.dtype)
                 out = y if out is None else out + y
             else:
                 y = y * top_k_weights[tok, k_pos, None]
                 out.index_add_(0, tok, y.to(out.dtype))
-            self._pump()
+            self.link.pump()
         return out
 
     def _bias(self, pos: int, expert: int, start: int, stop: int) -> torch.Tensor | None:
@@ -306,12 +301,9 @@ class ExpertRuntime:
         """Guess layer `nxt`'s experts; where its plan prefetches, queue what the rules would fetch."""
         plan = self.layout.layers[nxt]
         fetch = self.prefetcher.enabled and plan.prefetch and self._fetches_possible(nxt)
-        if not fetch and self.recording is None:
+        if not fetch and self.recorder is None:
             return
-        guess = self.prefetcher.guess(nxt, x)
-        self.stats.layers[nxt].prefetched = guess
-        if self.recording:
-            self.recording[-1][1][nxt] = guess + [-1] * (self.prefetcher.width - len(guess))
+        guess = self.prefetcher.guess(nxt, x)  # recorded even where nothing is fetched
         if not fetch:
             return
         for e in guess:
@@ -323,34 +315,31 @@ class ExpertRuntime:
                           after=self.staging.free_after[entry.buffer])
 
     def _guess_rows(self, pos: int, e: int) -> tuple[int, int] | None:
-        """What `plan_work` would fetch over the link for guess `e` of layer `pos`, if anything."""
-        plan, top, I = self.layout.layers[pos], self.pool.rows[pos], self.I
-        cpu_ok = self.cpu_worker is not None
+        """What `plan_work` would fetch over the link for guess `e` of layer `pos`: as a hit when it is
+        cached; else as a miss the policy leaves out, or, where such a miss goes to the CPU, the top
+        rows of an admission whose bottom goes there too (nothing where the slots are none)."""
+        plan, cpu_ok = self.layout.layers[pos], self.cpu_worker is not None
         if e in self.directory.cached(pos):
-            return (top, I) if top < I and not (cpu_ok and plan.bottom_on == "cpu") else None
-        if not (cpu_ok and plan.miss_on == "cpu"):
-            return 0, I
-        return (0, top) if self.pool.slots[pos] and top < I else None
-
-    def _pump(self) -> None:
-        for (pos, _), nbytes in self.link.pump():
-            self.stats.record_bytes(pos, nbytes, prefetched=True)
+            return plan.segments(HIT, self.I, cpu_ok).link
+        miss = plan.segments(MISS, self.I, cpu_ok)
+        if miss.link:
+            return miss.link
+        admitted = plan.segments(ADMITTED, self.I, cpu_ok)
+        return admitted.link if plan.slots and admitted.cpu else None
 
     # --- reporting ----------------------------------------------------------------------------
-    def layer_snapshot(self, pos: int) -> dict:
-        s = self.stats.layers[pos]
-        plan = self.layout.layers[pos]
+    def cache_states(self, pos: int) -> tuple[str | None, ...]:
+        """Per expert of layer `pos`: "top" or "full" where the cache holds it, else None."""
         state = "top" if self.is_split(pos) else "full"
-        cached = [None] * self.spec.num_experts
-        for e in self.directory.cached(pos):
-            cached[e] = state
-        return {
-            "layer": self.spec.moe_layers[pos], "budget_bytes": plan.budget_bytes, "split_ratio": plan.split_ratio,
-            "slots": plan.slots, "cached": cached, "active": list(s.active), "prefetched": list(s.prefetched),
-            "hits": s.hits, "misses": s.misses, "top_hits": s.top_hits, "full_hits": s.full_hits,
-            "bytes_fetched": s.bytes_fetched, "prefetch_bytes": s.prefetch_bytes,
-            "prefetch_wasted_bytes": s.prefetch_wasted_bytes, "prefetch_dropped_bytes": s.prefetch_dropped_bytes,
-            "cpu_bytes": s.cpu_bytes, "bottom_on": plan.bottom_on, "miss_on": plan.miss_on,
-            "prefetch": plan.prefetch,
-            "prefetch_precision": s.precision, "prefetch_recall": s.recall,
-        }
+        cached = self.directory.cached(pos)
+        return tuple(state if e in cached else None for e in range(self.spec.num_experts))
+
+    @contextmanager
+    def separate_stats(self):
+        """Count into fresh counters (and a fresh live view) while inside; the engine's are left as they were."""
+        kept = self.stats, self.activity
+        self.stats, self.activity = EngineStats(self.num_layers), CacheActivity(self.num_layers)
+        try:
+            yield self.stats
+        finally:
+            self.stats, self.activity = kept

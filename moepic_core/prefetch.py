@@ -3,7 +3,7 @@
 The guess for layer l+1 is layer l+1's own router applied to layer l's MoE input (the family's
 exact selection rule, called without module hooks so recorded router outputs stay clean), plus
 `extra` next-best experts by router logit. Guesses wait in `pending` until their layer's true
-routing arrives; precision and recall are counted there (stats.LayerStats.record_guess).
+routing arrives; the layer's LayerStep carries it, and the counters count precision and recall from it.
 """
 from __future__ import annotations
 

@@ -1,10 +1,13 @@
-"""Counters the engine keeps per MoE layer and per decoded token; plain Python."""
+"""Counters the engine keeps per MoE layer and per decoded token, summed from LayerSteps; plain Python."""
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
-HISTORY = 256
+from .step import LayerStep
+
+HISTORY = 256  # decode steps kept in the per-token history
+RECENT = 32  # decode steps the per-token rates of the totals average over
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -13,6 +16,7 @@ def _ratio(num: float, den: float) -> float | None:
 
 @dataclass
 class LayerStats:
+    """One MoE layer's counters since load (or the last explicit reset), summed from its LayerSteps."""
     hits: int = 0
     misses: int = 0
     top_hits: int = 0
@@ -25,8 +29,6 @@ class LayerStats:
     guessed_right: int = 0  # |predicted ∩ actual| summed over steps
     guessed: int = 0  # |predicted| summed
     actual_predicted_steps: int = 0  # |actual| summed over steps that had a guess
-    active: list = field(default_factory=list)
-    prefetched: list = field(default_factory=list)
 
     @property
     def precision(self) -> float | None:
@@ -36,16 +38,25 @@ class LayerStats:
     def recall(self) -> float | None:
         return _ratio(self.guessed_right, self.actual_predicted_steps)
 
-    def record_guess(self, predicted: list[int], actual: list[int]) -> None:
-        right = len(set(predicted) & set(actual))
-        self.guessed_right += right
-        self.guessed += len(predicted)
-        self.actual_predicted_steps += len(actual)
+    def add(self, step: LayerStep) -> None:
+        self.hits += step.hits
+        self.misses += step.misses
+        self.top_hits += step.hits if step.split else 0
+        self.full_hits += 0 if step.split else step.hits
+        self.bytes_fetched += step.moved_bytes
+        self.prefetch_bytes += step.prefetch_bytes
+        self.prefetch_wasted_bytes += step.prefetch_wasted_bytes
+        self.prefetch_dropped_bytes += step.prefetch_dropped_bytes
+        self.cpu_bytes += step.cpu_bytes
+        if step.guess is not None:
+            self.guessed_right += step.guessed_right
+            self.guessed += len(step.guess)
+            self.actual_predicted_steps += len(step.routing.experts)
 
 
 @dataclass
 class TokenCounter:
-    """What one decode step did, summed over layers."""
+    """What one forward step did, summed over layers."""
     hits: int = 0
     top_hits: int = 0
     full_hits: int = 0
@@ -53,40 +64,67 @@ class TokenCounter:
     bytes: int = 0
     cpu_bytes: int = 0
 
+    def add(self, step: LayerStep) -> None:
+        self.hits += step.hits
+        self.misses += step.misses
+        self.top_hits += step.hits if step.split else 0
+        self.full_hits += 0 if step.split else step.hits
+        self.bytes += step.moved_bytes
+        self.cpu_bytes += step.cpu_bytes
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """One decode step in the history: rates are shares of the experts it activated."""
+    token: int  # counting decode steps from the load (or the last reset)
+    hit_rate: float
+    top_hit_rate: float
+    full_hit_rate: float
+    bytes: int  # moved over the link
+    cpu_bytes: int
+    tokens_per_s: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The engine's counters summed over layers; rates per token over the last RECENT decode steps."""
+    tokens: int
+    tokens_per_s: float
+    hit_rate: float
+    top_hits: int
+    full_hits: int
+    hits: int
+    misses: int
+    bytes_fetched: int
+    bytes_per_token: float
+    cpu_bytes_per_token: float
+    effective_bandwidth_gbps: float
+    prefetch_precision: float | None
+    prefetch_recall: float | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
 
 class EngineStats:
+    """The counters: per layer from LayerSteps (`add`), per token from the decode loop (`end_token`)."""
+
     def __init__(self, num_layers: int):
         self.layers = [LayerStats() for _ in range(num_layers)]
         self.tokens = 0
         self.decode_seconds = 0.0
-        self.history = collections.deque(maxlen=HISTORY)
+        self.history: collections.deque[TokenRecord] = collections.deque(maxlen=HISTORY)
         self.current = TokenCounter()
 
     def reset(self) -> None:
         self.__init__(len(self.layers))
 
-    def record_access(self, pos: int, hits: int, misses: int, split: bool) -> None:
-        layer, cur = self.layers[pos], self.current
-        layer.hits += hits
-        layer.misses += misses
-        cur.hits += hits
-        cur.misses += misses
-        if split:
-            layer.top_hits += hits
-            cur.top_hits += hits
-        else:
-            layer.full_hits += hits
-            cur.full_hits += hits
-
-    def record_cpu(self, pos: int, nbytes: int) -> None:
-        self.layers[pos].cpu_bytes += nbytes
-        self.current.cpu_bytes += nbytes
-
-    def record_bytes(self, pos: int, nbytes: int, prefetched: bool = False) -> None:
-        self.layers[pos].bytes_fetched += nbytes
-        if prefetched:
-            self.layers[pos].prefetch_bytes += nbytes
-        self.current.bytes += nbytes
+    def add(self, step: LayerStep) -> None:
+        self.layers[step.pos].add(step)
+        self.current.add(step)
 
     def end_token(self, seconds: float, decode: bool) -> None:
         """Close one forward step; decode steps go into the per-token history."""
@@ -96,32 +134,24 @@ class EngineStats:
         self.tokens += 1
         self.decode_seconds += seconds
         n = cur.hits + cur.misses
-        self.history.append({
-            "token": self.tokens, "hit_rate": _ratio(cur.hits, n) or 0.0,
-            "top_hit_rate": _ratio(cur.top_hits, n) or 0.0, "full_hit_rate": _ratio(cur.full_hits, n) or 0.0,
-            "bytes": cur.bytes, "cpu_bytes": cur.cpu_bytes, "tokens_per_s": 1.0 / seconds if seconds > 0 else 0.0,
-        })
+        self.history.append(TokenRecord(
+            token=self.tokens, hit_rate=_ratio(cur.hits, n) or 0.0, top_hit_rate=_ratio(cur.top_hits, n) or 0.0,
+            full_hit_rate=_ratio(cur.full_hits, n) or 0.0, bytes=cur.bytes, cpu_bytes=cur.cpu_bytes,
+            tokens_per_s=1.0 / seconds if seconds > 0 else 0.0))
 
-    def totals(self) -> dict:
-        hits = sum(s.hits for s in self.layers)
-        misses = sum(s.misses for s in self.layers)
-        fetched = sum(s.bytes_fetched for s in self.layers)
-        guessed = sum(s.guessed for s in self.layers)
-        right = sum(s.guessed_right for s in self.layers)
-        actual = sum(s.actual_predicted_steps for s in self.layers)
-        recent = list(self.history)[-32:]
-        recent_s = sum(1.0 / h["tokens_per_s"] for h in recent if h["tokens_per_s"] > 0)
-        return {
-            "tokens": self.tokens,
-            "tokens_per_s": len(recent) / recent_s if recent_s else 0.0,
-            "hit_rate": _ratio(hits, hits + misses) or 0.0,
-            "top_hits": sum(s.top_hits for s in self.layers),
-            "full_hits": sum(s.full_hits for s in self.layers),
-            "hits": hits, "misses": misses,
-            "bytes_fetched": fetched,
-            "bytes_per_token": sum(h["bytes"] for h in recent) / len(recent) if recent else 0.0,
-            "cpu_bytes_per_token": sum(h["cpu_bytes"] for h in recent) / len(recent) if recent else 0.0,
-            "effective_bandwidth_gbps": (sum(h["bytes"] for h in recent) / recent_s / 1e9) if recent_s else 0.0,
-            "prefetch_precision": _ratio(right, guessed),
-            "prefetch_recall": _ratio(right, actual),
-        }
+    def totals(self) -> Totals:
+        hits, misses = (sum(getattr(s, name) for s in self.layers) for name in ("hits", "misses"))
+        guessed, right, actual = (sum(getattr(s, name) for s in self.layers)
+                                  for name in ("guessed", "guessed_right", "actual_predicted_steps"))
+        recent = list(self.history)[-RECENT:]
+        recent_s = sum(1.0 / h.tokens_per_s for h in recent if h.tokens_per_s > 0)
+        moved = sum(h.bytes for h in recent)
+        return Totals(
+            tokens=self.tokens, tokens_per_s=len(recent) / recent_s if recent_s else 0.0,
+            hit_rate=_ratio(hits, hits + misses) or 0.0, top_hits=sum(s.top_hits for s in self.layers),
+            full_hits=sum(s.full_hits for s in self.layers), hits=hits, misses=misses,
+            bytes_fetched=sum(s.bytes_fetched for s in self.layers),
+            bytes_per_token=moved / len(recent) if recent else 0.0,
+            cpu_bytes_per_token=sum(h.cpu_bytes for h in recent) / len(recent) if recent else 0.0,
+            effective_bandwidth_gbps=moved / recent_s / 1e9 if recent_s else 0.0,
+            prefetch_precision=_ratio(right, guessed), prefetch_recall=_ratio(right, actual))

@@ -137,3 +137,31 @@ def load_reference(folder: str | Path, dtype=None):
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32, experts_implementation="eager")
     return model.eval()
+
+
+def fake_snapshot(layers: int, experts: int, tokens: int = 5):
+    """A hand-made Snapshot (no engine) for the panels' and the CLI's tests: every layer split at 0.5
+    with 2 slots, experts cached full/top/not in turn, 3 hits (2 full, 1 top) and 1 miss each;
+    `tokens` decode steps at 9 tok/s, hit rate 0.5 (full 0.3, top 0.2)."""
+    from .budget import Budget
+    from .snapshot import LayerSnapshot, Snapshot
+    from .stats import TokenRecord, Totals
+
+    rows = tuple(LayerSnapshot(
+        layer=l, budget_bytes=1000 * (l + 1), split_ratio=0.5, slots=2, bottom_on="link", miss_on="link",
+        prefetch=True, cached=tuple(("full", "top", None)[e % 3] for e in range(experts)), active=(0, 1),
+        prefetched=(1, 2), hits=3, misses=1, top_hits=1, full_hits=2, bytes_fetched=10, prefetch_bytes=0,
+        prefetch_wasted_bytes=0, prefetch_dropped_bytes=0, cpu_bytes=0, prefetch_precision=0.5,
+        prefetch_recall=None) for l in range(layers))
+    history = tuple(TokenRecord(token=t + 1, hit_rate=0.5, top_hit_rate=0.2, full_hit_rate=0.3, bytes=5, cpu_bytes=0,
+                                tokens_per_s=9.0) for t in range(tokens))
+    totals = Totals(tokens=tokens, tokens_per_s=9.0, hit_rate=0.75, top_hits=layers, full_hits=2 * layers,
+                    hits=3 * layers, misses=layers, bytes_fetched=10 * layers, bytes_per_token=2.0,
+                    cpu_bytes_per_token=0.0, effective_bandwidth_gbps=0.1, prefetch_precision=None,
+                    prefetch_recall=0.5)
+    budgets = Budget(cache_bytes=10, dense_bytes=5, kv_reserve_bytes=1, staging_bytes=1, workspace_bytes=0,
+                     vram_bytes=None, simulated=True)
+    return Snapshot(model="m", family="mixtral", device="cpu", cpu_mode=True, mode="simulated", kernels="torch",
+                    dtype="float32", quant="none", policy="lcp", num_layers=layers, num_experts=experts, top_k=2,
+                    intermediate_size=64, expert_bytes=4096, budgets=budgets, layout_source="uniform", prediction={},
+                    layers=rows, totals=totals, history=history)

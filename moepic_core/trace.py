@@ -2,7 +2,8 @@
 
 File format (`.npz`, written atomically):
   experts      int16 [T, L, k]   experts chosen at token t, MoE layer l (in `ModelSpec.moe_layers` order)
-  predicted    int16 [T, L, k']  optional: the guess for layer l made while layer l-1 ran; -1 = no guess
+  predicted    int16 [T, L, k']  optional: the guess for layer l made while layer l-1 ran; NO_GUESS (-1)
+                                 pads a guess shorter than k' and fills a layer that had none
   num_experts  int64 scalar      optional: default max id + 1
   top_k        int64 scalar      optional: default k from the shape
   model        str scalar        optional
@@ -17,6 +18,9 @@ import numpy as np
 
 from .errors import MoepicError
 from .fsutil import atomic_path
+
+
+NO_GUESS = -1  # in `predicted`: no guessed expert here
 
 
 class TraceError(MoepicError):
@@ -123,7 +127,7 @@ class RoutingTrace:
         if self.predicted is None:
             return None
         hit = (self.experts[:, :, :, None] == self.predicted[:, :, None, :]).any(axis=3).sum(axis=2)
-        guessed = (self.predicted >= 0).any(axis=2)                  # [T, L]
+        guessed = (self.predicted != NO_GUESS).any(axis=2)            # [T, L]
         steps = guessed.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(steps > 0, (hit * guessed).sum(axis=0) / (steps * self.top_k), np.nan)
@@ -158,3 +162,36 @@ class RoutingTrace:
     def stats(self) -> dict:
         return {"tokens": self.num_tokens, "layers": self.num_layers, "num_experts": self.num_experts,
                 "top_k": self.top_k, "top25_share": self.top_share(0.25), "repeat_rate": self.repeat_rate()}
+
+
+class TraceRecorder:
+    """Builds a RoutingTrace from the runtime's LayerSteps: one row per one-token (decode) step that
+    ran through every MoE layer, the router's choice in its order and the guess made for each layer."""
+
+    def __init__(self, num_layers: int, top_k: int, guess_width: int, num_experts: int, model: str = ""):
+        self.num_layers, self.top_k, self.guess_width = num_layers, top_k, guess_width
+        self.num_experts, self.model = num_experts, model
+        self.steps: list[list] = []  # per recorded token, its LayerSteps in layer order
+
+    def __len__(self) -> int:
+        """Tokens recorded so far."""
+        return len(self.steps)
+
+    def add(self, step) -> None:
+        if not step.routing.one_token:
+            return
+        if step.pos == 0:
+            self.steps.append([])
+        if self.steps and len(self.steps[-1]) == step.pos:
+            self.steps[-1].append(step)
+
+    def trace(self) -> RoutingTrace:
+        tokens = [token for token in self.steps if len(token) == self.num_layers]
+        experts = np.array([[step.routing.rows[0] for step in token] for token in tokens], dtype=np.int16)
+        predicted = np.full((len(tokens), self.num_layers, self.guess_width), NO_GUESS, dtype=np.int16)
+        for t, token in enumerate(tokens):
+            for step in token:
+                guess = step.guess or ()
+                predicted[t, step.pos, :len(guess)] = guess
+        return RoutingTrace(experts.reshape(len(tokens), self.num_layers, self.top_k), predicted,
+                            self.num_experts, self.top_k, self.model)

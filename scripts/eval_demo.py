@@ -191,7 +191,7 @@ def engine_eval(folder: str, ids: torch.Tensor, trace_path: Path | None, trace_t
 
         engine.start_trace()
         seed = 0
-        while engine.runtime.recording is not None and len(engine.runtime.recording) < trace_tokens:
+        while len(engine.runtime.recorder) < trace_tokens:
             messages = PROMPTS[seed % len(PROMPTS)]
             engine.generate(chat_input_ids(engine.tokenizer, messages), max_new_tokens=96, do_sample=True,
                             temperature=0.8, top_p=0.95, seed=seed)

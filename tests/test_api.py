@@ -64,7 +64,7 @@ def greedy(server):
 
 
 def decode_steps(worker) -> int:
-    return worker.snapshot()["totals"]["tokens"]
+    return worker.snapshot().totals.tokens
 
 
 def check_figures(figures: dict) -> None:
@@ -261,12 +261,12 @@ def test_vram_change_in_the_page_waits_for_the_running_request(client, server, g
     relayout = engine.reconfigure
 
     def recorded(**kwargs):
-        seen_at.append(engine.snapshot()["totals"]["tokens"])
+        seen_at.append(engine.snapshot().totals.tokens)
         return relayout(**kwargs)
 
     monkeypatch.setattr(engine, "reconfigure", recorded)
     snap = server.worker.last_snapshot
-    vram = (snap["budgets"]["min_vram_bytes"] + snap["num_experts"] * snap["expert_bytes"]) / 1e9
+    vram = (snap.budgets.min_vram_bytes + snap.num_experts * snap.expert_bytes) / 1e9
     stream = iter(client.chat.completions.create(model="demo", messages=GREETING, max_tokens=12, temperature=0,
                                                  stream=True, stream_options={"include_usage": True}))
     chunks = [next(stream), next(stream)]

@@ -8,9 +8,12 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from moepic_core.testing import fake_snapshot
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -58,7 +61,7 @@ def client(served):
 
 
 def test_message_streams_with_live_stats(client, served):
-    before = served[1].worker.snapshot()["totals"]["tokens"]
+    before = served[1].worker.snapshot().totals.tokens
     job = client.submit(*chat_args("hello there", 24), **CHAT)
     replies, heatmaps = [], []
     for out in job:
@@ -69,7 +72,7 @@ def test_message_streams_with_live_stats(client, served):
     assert len(growing) >= 3, replies
     final = job.outputs()[-1]
     stats = final[5]
-    decoded = served[1].worker.snapshot()["totals"]["tokens"] - before
+    decoded = served[1].worker.snapshot().totals.tokens - before
     assert "tok/s" in stats and "full hits" in stats and "top hits" in stats
     assert f"last reply: {decoded + 1} tokens" in stats  # the decode steps and the token of the prefill step
     tokens = int(re.search(r'data-tokens="(\d+)"', final[2]).group(1))
@@ -89,10 +92,10 @@ def test_stop_cancels_and_next_message_works(client, served):
     while not job.done() and time.time() < deadline:
         time.sleep(0.1)
     assert job.done()
-    stopped_at = controller.worker.last_snapshot["totals"]["tokens"]
+    stopped_at = controller.worker.last_snapshot.totals.tokens
     out = client.predict(*chat_args("and now?", 8), **CHAT)
     assert reply_text(out[1]) != "" or "tok/s" in out[5]
-    after = controller.worker.snapshot()["totals"]["tokens"]
+    after = controller.worker.snapshot().totals.tokens
     assert 0 < after <= stopped_at + 8 + 1  # the cancelled reply stopped far short of 2000 tokens
     assert stopped_at < 2000
 
@@ -101,15 +104,15 @@ def test_slider_relays_out_without_reload(client, served):
     controller = served[1]
     engine = controller.worker.engine
     snap = controller.worker.snapshot()
-    low = snap["budgets"]["min_vram_bytes"] / 1e6  # the tiny model's slider is in MB (its range is below 1 GB)
-    experts = snap["num_layers"] * snap["num_experts"] * snap["expert_bytes"] / 1e6
+    low = snap.budgets.min_vram_bytes / 1e6  # the tiny model's slider is in MB (its range is below 1 GB)
+    experts = snap.num_layers * snap.num_experts * snap.expert_bytes / 1e6
     client.predict(api_name="/page_load")  # sets this session's slider range, as a page does when it opens
     small = client.predict(low + 0.1 * experts, api_name="/set_vram")
     large = client.predict(low + 1.0 * experts, api_name="/set_vram")
     assert "re-laid out" in small[0] and "re-laid out" in large[0] and " MB:" in large[0]
     assert small[2] != large[2]  # the per-layer plan changed
-    slots = sum(layer["slots"] for layer in controller.worker.last_snapshot["layers"])
-    assert slots == snap["num_layers"] * snap["num_experts"]  # room for every expert: all slots
+    slots = sum(layer.slots for layer in controller.worker.last_snapshot.layers)
+    assert slots == snap.num_layers * snap.num_experts  # room for every expert: all slots
     assert controller.worker.engine is engine  # not reloaded
     from app.session import Session
 
@@ -170,8 +173,8 @@ def test_budget_below_minimum_at_start_loads_at_the_minimum_with_a_warning(serve
         status = outputs[0]
         assert "mp-warn" in status and "minimum" in status
         assert outputs[-3:-1] == (0.0, 1.0)  # sampling sliders: this model's generation_config asks for greedy
-        budgets = controller.worker.last_snapshot["budgets"]
-        assert budgets["vram_bytes"] >= budgets["min_vram_bytes"]
+        budgets = controller.worker.last_snapshot.budgets
+        assert budgets.vram_bytes >= budgets.min_vram_bytes
     finally:
         controller.worker.shutdown()
 
@@ -223,14 +226,14 @@ def test_each_tab_keeps_its_own_status_speed_and_chart(served):
     a, b = Client(url, verbose=False), Client(url, verbose=False)
     a.predict(api_name="/page_load")
     snap = controller.worker.snapshot()
-    value = (snap["budgets"]["min_vram_bytes"] + snap["num_layers"] * snap["num_experts"] * snap["expert_bytes"]) / 1e6
+    value = (snap.budgets.min_vram_bytes + snap.num_layers * snap.num_experts * snap.expert_bytes) / 1e6
     assert "re-laid out" in a.predict(value, api_name="/set_vram")[0]
     assert "re-laid out" not in b.predict(api_name="/page_load")[0]  # a's action is not b's status
 
     def reply(client, text, tokens):
-        before = controller.worker.snapshot()["totals"]["tokens"]
+        before = controller.worker.snapshot().totals.tokens
         out = client.predict(*chat_args(text, tokens), **CHAT)
-        return out, controller.worker.snapshot()["totals"]["tokens"] - before + 1  # + the prefill's token
+        return out, controller.worker.snapshot().totals.tokens - before + 1  # + the prefill's token
 
     reply(a, "first", 10)
     a_out, a_tokens = reply(a, "second", 5)
@@ -323,7 +326,7 @@ class SlowEngine:
 
     def snapshot(self):
         self.threads.add(threading.current_thread().name)
-        return {"totals": {}}
+        return fake_snapshot(1, 2)
 
 
 def test_worker_heartbeats_during_prefill_and_closing_stops_the_engine():
@@ -345,31 +348,13 @@ def test_worker_heartbeats_during_prefill_and_closing_stops_the_engine():
 
 # ---- renderers on hand-made snapshots (no engine) ----
 
-def fake_snapshot(layers: int, experts: int, tokens: int = 5) -> dict:
-    rows = [{"layer": l, "budget_bytes": 1000 * (l + 1), "split_ratio": 0.5, "slots": 2,
-             "cached": [("full", "top", None)[e % 3] for e in range(experts)], "active": [0, 1], "prefetched": [1, 2],
-             "hits": 3, "misses": 1, "top_hits": 1, "full_hits": 2, "bytes_fetched": 10, "prefetch_precision": 0.5,
-             "prefetch_recall": None, "predicted_hit_rate": None} for l in range(layers)]
-    history = [{"token": t + 1, "hit_rate": 0.5, "top_hit_rate": 0.2, "full_hit_rate": 0.3, "bytes": 5, "tokens_per_s": 9.0}
-               for t in range(tokens)]
-    return {"model": "m", "family": "mixtral", "device": "cpu", "cpu_mode": True, "dtype": "float32", "quant": "none",
-            "policy": "lcp", "num_layers": layers, "num_experts": experts, "top_k": 2, "expert_bytes": 4096,
-            "budgets": {"vram_bytes": None, "cache_bytes": 10, "dense_bytes": 5, "kv_reserve_bytes": 1,
-                        "staging_bytes": 1, "min_vram_bytes": 7, "simulated": True},
-            "layout": {"source": "uniform", "prediction": {}}, "layers": rows,
-            "totals": {"tokens": tokens, "tokens_per_s": 9.0, "hit_rate": 0.75, "top_hits": 1, "full_hits": 2,
-                       "misses": 1, "bytes_fetched": 10, "bytes_per_token": 2.0, "effective_bandwidth_gbps": 0.1,
-                       "prefetch_precision": None, "prefetch_recall": 0.5},
-            "history": history}
-
-
 def fake_session(snapshots: list[dict]):
     """A tab's Session that saw one reply per snapshot (each snapshot's history is that reply's rows)."""
     from app.session import Session
 
     session = Session()
     for snap in snapshots:
-        before = dict(snap, totals=dict(snap["totals"], tokens=snap["history"][0]["token"] - 1))
+        before = replace(snap, totals=replace(snap.totals, tokens=snap.history[0].token - 1))
         session.begin_reply(before)
         session.add(snap)
     return session
@@ -400,8 +385,9 @@ def test_stats_show_the_last_reply_beside_the_tab_average_and_top_hits_apart():
     from app.panels import hitrate_chart_html, stats_html
 
     first, second = fake_snapshot(4, 8, tokens=6), fake_snapshot(4, 8, tokens=3)
-    for row in second["history"]:  # a second reply: 3 more decode steps, twice as fast, no top hits
-        row.update(token=row["token"] + 6, tokens_per_s=18.0, top_hit_rate=0.0, hit_rate=0.3)
+    # a second reply: 3 more decode steps, twice as fast, no top hits
+    second = replace(second, history=tuple(replace(row, token=row.token + 6, tokens_per_s=18.0, top_hit_rate=0.0,
+                                                   hit_rate=0.3) for row in second.history))
     session = fake_session([first, second])
     stats = stats_html(second, session)
     # last reply: 3 decode steps + the prefill's token at 18 tok/s; both: 9 decode steps in 6/9 + 3/18 s
@@ -416,9 +402,9 @@ def test_stats_show_the_last_reply_beside_the_tab_average_and_top_hits_apart():
 def test_prediction_is_in_words_beside_the_measured_time():
     from app.panels import stats_html
 
-    snap = fake_snapshot(4, 8)
-    snap["layout"]["prediction"] = {"ms_per_token": 0.1, "bandwidth_source": "simulated (25 GB/s default)",
-                                    "baselines": {"uniform_lru_no_split": 0.2, "best_uniform_split": 0.1}}
+    snap = replace(fake_snapshot(4, 8), prediction={
+        "ms_per_token": 0.1, "bandwidth_source": "simulated (25 GB/s default)",
+        "baselines": {"uniform_lru_no_split": 0.2, "best_uniform_split": 0.1}})
     stats = stats_html(snap, fake_session([snap]))
     assert "predicted 0.10 ms/token" in stats and "measured; predicted" in stats
     assert "uniform_lru_no_split" not in stats and "every layer the same budget, whole experts, LRU: 0.20 ms" in stats
@@ -459,21 +445,27 @@ def test_download_reports_byte_progress(monkeypatch):
 def test_vram_slider_range_cpu_and_gpu():
     from app.callbacks import vram_range
 
-    snap = fake_snapshot(4, 8)
-    snap["budgets"].update(min_vram_bytes=2_000_000_000, vram_bytes=None)
-    snap["expert_bytes"] = 100_000_000  # 32 experts: 3.2 GB
+    def sized(snap, min_vram_bytes=None, expert_bytes=None, **budget):
+        """`snap` with another minimum VRAM (through its dense part), expert size or budget fields."""
+        fixed = snap.budgets.min_vram_bytes - snap.budgets.dense_bytes
+        if min_vram_bytes is not None:
+            budget["dense_bytes"] = min_vram_bytes - fixed
+        return replace(snap, budgets=replace(snap.budgets, **budget), expert_bytes=expert_bytes or snap.expert_bytes)
+
+    snap = sized(fake_snapshot(4, 8), min_vram_bytes=2_000_000_000, vram_bytes=None,
+                 expert_bytes=100_000_000)  # 32 experts: 3.2 GB
     cpu = vram_range(snap, {})
     assert cpu["minimum"] == 2.0 and cpu["maximum"] == 5.36 and "simulated" in cpu["label"] and "(GB" in cpu["label"]
-    snap["budgets"]["simulated"] = False
+    snap = sized(snap, simulated=False)
     gpu = vram_range(snap, {"vram_total_bytes": 24_000_000_000})
     assert gpu["maximum"] == 5.36 and "simulated" not in gpu["label"]  # no further than caching every expert
-    snap["expert_bytes"] = 1_000_000_000  # 32 GB of experts on a 24 GB card: the card is the limit
+    snap = sized(snap, expert_bytes=1_000_000_000)  # 32 GB of experts on a 24 GB card: the card is the limit
     assert vram_range(snap, {"vram_total_bytes": 24_000_000_000})["maximum"] == 24.0
-    snap["budgets"].update(min_vram_bytes=64_800_000, simulated=True)  # the demo: 65 MB + 32 experts of 0.74 MB
-    snap["expert_bytes"] = 737_280
+    # the demo: 65 MB + 32 experts of 0.74 MB
+    snap = sized(snap, min_vram_bytes=64_800_000, simulated=True, expert_bytes=737_280)
     small = vram_range(snap, {})
     assert "(MB" in small["label"] and small["minimum"] == 64.8 and small["maximum"] == 89.6
-    snap["budgets"]["simulated"] = False  # the demo on a big GPU: the same MB range, not 0.06-139 GB
+    snap = sized(snap, simulated=False)  # the demo on a big GPU: the same MB range, not 0.06-139 GB
     assert vram_range(snap, {"vram_total_bytes": 139_000_000_000})["maximum"] == 89.6
 
 

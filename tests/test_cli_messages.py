@@ -38,9 +38,14 @@ def test_a_missing_flag_is_one_line(capsys):
 
 
 def test_summary_numbers_layers_as_decoder_layers():
-    layers = [{"layer": 2, "hits": 1, "misses": 3}, {"layer": 3, "hits": 2, "misses": 2}]
-    totals = {"tokens": 4, "tokens_per_s": 10.0, "hit_rate": 0.375, "hits": 3, "misses": 5, "full_hits": 1,
-              "top_hits": 2, "bytes_per_token": 2e6}
-    line = summary({"layers": layers, "totals": totals})
+    from dataclasses import replace
+
+    from moepic_core.testing import fake_snapshot
+
+    snap = fake_snapshot(2, 4)
+    layers = (replace(snap.layers[0], layer=2, hits=1, misses=3), replace(snap.layers[1], layer=3, hits=2, misses=2))
+    totals = replace(snap.totals, tokens=4, tokens_per_s=10.0, hit_rate=0.375, hits=3, misses=5, full_hits=1,
+                     top_hits=2, bytes_per_token=2e6)
+    line = summary(replace(snap, layers=layers, totals=totals))
     assert line == ("[4 tokens, 10.0 tok/s, hit rate 38% (full 12%, top 25%), 2.00 MB fetched/token; "
                     "hit rate by decoder layer 2: 25%, 3: 50%]")

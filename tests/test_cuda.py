@@ -33,8 +33,8 @@ def test_cuda_and_cpu_agree_under_prefetch(tiny_models):
     gpu = Engine.load(folder, device="cuda", **kw)
     ids = cpu.tokenizer("the quick brown fox")["input_ids"]
     assert cpu.generate(ids, 16, stop_at_eos=False) == gpu.generate(ids, 16, stop_at_eos=False)
-    a, b = cpu.snapshot()["totals"], gpu.snapshot()["totals"]
-    assert (a["hits"], a["misses"], a["bytes_fetched"]) == (b["hits"], b["misses"], b["bytes_fetched"])
+    a, b = cpu.snapshot().totals, gpu.snapshot().totals
+    assert (a.hits, a.misses, a.bytes_fetched) == (b.hits, b.misses, b.bytes_fetched)
 
 
 @pytest.mark.parametrize("quant", ["none", "int8", "int4"])

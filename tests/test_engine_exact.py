@@ -56,15 +56,15 @@ def test_engine_matches_transformers(tiny_models, family, config):
     ids = engine.tokenizer(PROMPT, return_tensors="pt").input_ids
     check_engine_matches(engine, ref, ids)
     snap = engine.snapshot()
-    totals = snap["totals"]
+    totals = snap.totals
     if config == "all-resident":
-        assert totals["misses"] == 0 and totals["bytes_fetched"] == 0
-        assert all(c == "full" for layer in snap["layers"] for c in layer["cached"])
+        assert totals.misses == 0 and totals.bytes_fetched == 0
+        assert all(c == "full" for layer in snap.layers for c in layer.cached)
     elif config == "no-cache":
-        assert totals["hits"] == 0 and totals["bytes_fetched"] > 0
+        assert totals.hits == 0 and totals.bytes_fetched > 0
     else:
-        assert all(layer["split_ratio"] == 0.5 for layer in snap["layers"])
-        assert totals["top_hits"] > 0 and totals["misses"] > 0 and totals["full_hits"] == 0
+        assert all(layer.split_ratio == 0.5 for layer in snap.layers)
+        assert totals.top_hits > 0 and totals.misses > 0 and totals.full_hits == 0
 
 
 class DequantisedExperts(torch.nn.Module):

@@ -8,6 +8,7 @@ import torch
 
 from moepic_core import Engine
 from moepic_core.models import load_spec
+from moepic_core.trace import NO_GUESS
 
 PROMPT = "the quick brown fox"
 
@@ -47,9 +48,9 @@ def test_hits_plus_misses_equal_activations(tiny_models, policy):
     engine.generate(ids, 20, stop_at_eos=False)
     for h in handles:
         h.remove()
-    per_layer = engine.snapshot()["layers"]
+    per_layer = engine.snapshot().layers
     assert counts["n"] > 0
-    assert sum(layer["hits"] + layer["misses"] for layer in per_layer) == counts["n"]
+    assert sum(layer.hits + layer.misses for layer in per_layer) == counts["n"]
     assert pool_mismatches(engine) == []
 
 
@@ -116,13 +117,13 @@ def test_reconfigure_relayouts_without_reload(tiny_models):
     model_before = engine.model
     engine.reconfigure(cache_gb=0.5 * store / 1e9, split=0.5)
     assert engine.model is model_before
-    layers = engine.snapshot()["layers"]
-    assert all(l["split_ratio"] == 0.5 for l in layers)
-    assert all(l["slots"] == 8 for l in layers)  # half the bytes at half the rows: every expert's top fits
+    layers = engine.snapshot().layers
+    assert all(l.split_ratio == 0.5 for l in layers)
+    assert all(l.slots == 8 for l in layers)  # half the bytes at half the rows: every expert's top fits
     assert pool_mismatches(engine) == []
     assert engine.generate(ids, 10, stop_at_eos=False) == want
     engine.reconfigure(cache_gb=0.0)
-    assert all(l["slots"] == 0 and l["cached"] == [None] * 8 for l in engine.snapshot()["layers"])
+    assert all(l.slots == 0 and l.cached == (None,) * 8 for l in engine.snapshot().layers)
     assert engine.generate(ids, 10, stop_at_eos=False) == want
 
 
@@ -131,7 +132,7 @@ def test_snapshot_is_json_and_complete(tiny_models):
 
     engine = Engine.load(tiny_models["qwen2_moe"], device="cpu", split=0.5, cache_gb=0.0004)
     engine.generate(engine.tokenizer(PROMPT)["input_ids"], 6, stop_at_eos=False)
-    snap = json.loads(json.dumps(engine.snapshot()))
+    snap = json.loads(json.dumps(engine.snapshot().to_json()))
     layer = snap["layers"][0]
     for key in ("budget_bytes", "split_ratio", "slots", "cached", "hits", "misses", "bytes_fetched",
                 "prefetch_precision", "prefetch_recall", "active"):
@@ -156,4 +157,4 @@ def test_trace_records_decode_routing(tiny_models):
     h.remove()
     assert trace.experts.shape == (8, 3, 2)  # 8 decode steps, 3 MoE layers, top-2
     assert [row[0] for row in routed[1:]] == trace.experts[:, 1].tolist()
-    assert (trace.predicted[:, 0] == -1).all() and (trace.predicted[:, 1:] >= 0).all()
+    assert (trace.predicted[:, 0] == NO_GUESS).all() and (trace.predicted[:, 1:] >= 0).all()

@@ -25,20 +25,20 @@ def test_default_layout_is_solved_and_exact(tiny_models, cache_dir):
     assert layout.source == "solver"
     assert layout.total_bytes <= 0.3 * store
     snap = engine.snapshot()
-    pred = snap["layout"]["prediction"]
+    pred = snap.prediction
     assert pred["ms_per_token"] > 0
     assert set(pred["baselines"]) == {"uniform_lru_no_split", "best_uniform_split", "transfer_only", "solver_no_split"}
     # the engine has no CPU path yet: every layer over the link; the policy auto chose is the one running
     assert {(p.bottom_on, p.miss_on) for p in layout.layers} == {("link", "link")}
     name, params = layout.policy("")
     assert (engine.runtime.policy_name, name) == (name, engine.runtime.directory.policy.name)
-    assert snap["policy"] == f"auto: {name}" if name != "per-layer" else snap["policy"].startswith("auto: per layer")
+    assert snap.policy == f"auto: {name}" if name != "per-layer" else snap.policy.startswith("auto: per layer")
     # the prediction is the simulator's replay of the calibration trace through that layout and policy
-    sim = simulate(engine._calibration(), engine.spec, layout, policy=name, bandwidth_gbps=pred["bandwidth_gbps"],
+    sim = simulate(engine.calibrate(), engine.spec, layout, policy=name, bandwidth_gbps=pred["bandwidth_gbps"],
                    dtype=engine.dtype)
     assert sim["ms_per_token"] == pytest.approx(pred["ms_per_token"], rel=1e-9)
-    assert all(l["predicted_hit_rate"] is not None for l in snap["layers"])
-    assert engine.snapshot()["totals"]["tokens"] == 0  # calibration decoding is not counted
+    assert all(l.predicted_hit_rate is not None for l in snap.layers)
+    assert engine.snapshot().totals.tokens == 0  # calibration decoding is not counted
     path = trace_path(engine)
     assert path.exists()
     ids = engine.tokenizer("hello world, the experts are cached", return_tensors="pt").input_ids
@@ -92,7 +92,7 @@ def test_static_policy_pins_the_profiled_experts(tiny_models, cache_dir):
     store = load_spec(folder).store_bytes("none", "float32")
     engine = Engine.load(folder, device="cpu", policy="static", split=1.0, cache_gb=0.25 * store / 1e9,
                          cache_dir=cache_dir)
-    counts = engine._calibration().counts()
+    counts = engine.calibrate().counts()
     for pos in range(engine.spec.num_moe_layers):
         cached = set(engine.runtime.directory.cached(pos))
         ranked = sorted(range(8), key=lambda e: (-counts[pos][e], e))
@@ -119,9 +119,9 @@ def test_without_prefetch_the_solver_gets_no_recall(tiny_models, cache_dir, tmp_
     store = spec.store_bytes("none", "float32")
     engine = Engine.load(folder, device="cpu", cache_gb=0.3 * store / 1e9, cache_dir=cache_dir, prefetch=False,
                          policy="lru")
-    pred = engine.snapshot()["layout"]["prediction"]
+    pred = engine.snapshot().prediction
     assert pred["prefetch_accuracy"] == 0.0
-    assert engine.snapshot()["policy"] == "lru" and engine.runtime.policy_name == "lru"
+    assert engine.snapshot().policy == "lru" and engine.runtime.policy_name == "lru"
 
 
 def test_one_budget_for_engine_and_solve(tiny_models):

@@ -96,7 +96,7 @@ def test_engine_loads_the_quant_that_fits(tiny_models, monkeypatch, cache_dir):
 
     fake_ram(monkeypatch, tiny_models["mixtral"], "int8")
     engine = Engine.load(tiny_models["mixtral"], device="cpu", cache_gb=0, cache_dir=cache_dir)  # quant: auto
-    assert engine.cfg.quant == "int8" and engine.snapshot()["quant"] == "int8"
+    assert engine.cfg.quant == "int8" and engine.snapshot().quant == "int8"
     assert engine.fit.message().startswith("quant auto: int8")
     with pytest.raises(OptionError, match="none does not fit this machine.*int8 fits"):
         Engine.load(tiny_models["mixtral"], device="cpu", quant="none", cache_dir=cache_dir)

@@ -54,15 +54,15 @@ def test_cpu_and_device_segments_sum_exactly(tiny_models, family, monkeypatch):
     monkeypatch.setattr(ExpertKernel, "segment", spy)
     engine.reset_stats()
     check_against_transformers(engine, folder)
-    totals = engine.snapshot()["totals"]
-    assert totals["hits"] > 0 and totals["misses"] > 0
+    totals = engine.snapshot().totals
+    assert totals.hits > 0 and totals.misses > 0
     # tops came from the slots on the "device" thread, bottoms and misses from the CPU worker
     assert threads == {"MainThread", "moepic-cpu"}
-    layers = engine.snapshot()["layers"]
-    assert all(layer["cpu_bytes"] > 0 for layer in layers)
+    layers = engine.snapshot().layers
+    assert all(layer.cpu_bytes > 0 for layer in layers)
     # admitted misses still cross the link for their tops; nothing else does
     expert = engine.spec.expert_bytes("none", "float32")
-    assert 0 < totals["bytes_fetched"] <= totals["misses"] * expert / 2
+    assert 0 < totals.bytes_fetched <= totals.misses * expert / 2
 
 
 def test_placement_per_layer_and_fewer_link_bytes(tiny_models):
@@ -76,10 +76,10 @@ def test_placement_per_layer_and_fewer_link_bytes(tiny_models):
     ids = link.tokenizer(PROMPT)["input_ids"]
     assert link.generate(ids, 12, stop_at_eos=False) == hybrid.generate(ids, 12, stop_at_eos=False)
     a, b = link.snapshot(), hybrid.snapshot()
-    assert a["totals"]["hits"] == b["totals"]["hits"]  # same policy, same routing: same cache decisions
-    assert b["layers"][0]["cpu_bytes"] == 0 and b["layers"][0]["bytes_fetched"] == a["layers"][0]["bytes_fetched"]
-    for la, lb in zip(a["layers"][1:], b["layers"][1:]):
-        assert lb["cpu_bytes"] > 0 and lb["bytes_fetched"] < la["bytes_fetched"]
+    assert a.totals.hits == b.totals.hits  # same policy, same routing: same cache decisions
+    assert b.layers[0].cpu_bytes == 0 and b.layers[0].bytes_fetched == a.layers[0].bytes_fetched
+    for la, lb in zip(a.layers[1:], b.layers[1:]):
+        assert lb.cpu_bytes > 0 and lb.bytes_fetched < la.bytes_fetched
 
 
 def test_link_queue_drops_a_wrong_guess_before_it_moves():
@@ -103,11 +103,11 @@ def test_prefetch_counts_moved_dropped_and_wasted_bytes(tiny_models):
     ids = engine.tokenizer(PROMPT)["input_ids"]
     engine.reset_stats()
     engine.generate(ids, 24, stop_at_eos=False)
-    layers = engine.snapshot()["layers"]
-    assert sum(layer["prefetch_bytes"] for layer in layers[1:]) > 0
+    layers = engine.snapshot().layers
+    assert sum(layer.prefetch_bytes for layer in layers[1:]) > 0
     for layer in layers:
-        assert layer["prefetch_wasted_bytes"] <= layer["prefetch_bytes"]
-    assert layers[0]["prefetch_bytes"] == 0  # nothing guesses the first MoE layer
+        assert layer.prefetch_wasted_bytes <= layer.prefetch_bytes
+    assert layers[0].prefetch_bytes == 0  # nothing guesses the first MoE layer
 
 
 def test_staging_reuses_the_least_recently_released_buffer():

@@ -22,7 +22,7 @@ def engine(tiny_models):
 
 
 def test_real_model_defaults_to_in_place_and_matches_transformers(engine, tiny_models, monkeypatch):
-    assert engine.snapshot()["mode"] == "in-place" and engine.budget.in_place
+    assert engine.snapshot().mode == "in-place" and engine.budget.in_place
     assert engine.runtime.pool.nbytes == 0 and engine.runtime.staging.n == 0
 
     def no_fetch(*args, **kwargs):
@@ -42,8 +42,8 @@ def test_real_model_defaults_to_in_place_and_matches_transformers(engine, tiny_m
     want = ref.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:]
     engine.reset_stats()
     assert engine.generate(ids[0], 16, stop_at_eos=False) == want.tolist()
-    totals = engine.snapshot()["totals"]
-    assert totals["bytes_fetched"] == 0 and totals["misses"] == 0 and totals["hit_rate"] == 1.0
+    totals = engine.snapshot().totals
+    assert totals.bytes_fetched == 0 and totals.misses == 0 and totals.hit_rate == 1.0
     # every segment the kernel read lies inside the memory-mapped store file's data
     data = engine.runtime.store.data
     start, end = data.data_ptr(), data.data_ptr() + data.numel()
@@ -66,7 +66,7 @@ def test_demo_and_a_given_budget_stay_simulated(tiny_models):
     assert resolve_cpu_mode(EngineConfig(model="x"), cpu) == "in-place"
     assert resolve_cpu_mode(EngineConfig(model="x", cpu_mode="simulated"), cpu) == "simulated"
     engine = Engine.load(tiny_models["olmoe"], device="cpu", dtype="float32", cache_gb=0.0005)
-    assert engine.snapshot()["mode"] == "simulated" and engine.runtime.staging.n > 0
+    assert engine.snapshot().mode == "simulated" and engine.runtime.staging.n > 0
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def bf16_model(tmp_path_factory):
 @pytest.mark.parametrize("quant,bound", [("none", 0.02), ("int8", 0.05), ("int4", 0.35)])
 def test_bf16_checkpoint_runs_bf16_with_packed_dense_linears(bf16_model, quant, bound):
     engine = Engine.load(bf16_model, device="cpu", quant=quant)
-    assert engine.dtype == "bfloat16" and engine.snapshot()["mode"] == "in-place"
+    assert engine.dtype == "bfloat16" and engine.snapshot().mode == "in-place"
     packed = [m for m in engine.model.modules() if isinstance(m, PackedLinear)]
     routers = [engine.adapter.moe_block(engine.model, layer).gate for layer in engine.spec.moe_layers]
     # attention projections (4 a layer) and the head are packed, the routers are not

@@ -23,17 +23,17 @@ def test_prefetch_changes_no_output_and_reports_its_accuracy(tiny_models, extra)
     assert tokens == off.generate(ids, 20, stop_at_eos=False)
 
     snap_on, snap_off = on.snapshot(), off.snapshot()
-    assert sum(l["prefetch_bytes"] for l in snap_on["layers"]) > 0
-    assert sum(l["prefetch_bytes"] for l in snap_off["layers"]) == 0
-    assert snap_off["totals"]["prefetch_precision"] is None
+    assert sum(l.prefetch_bytes for l in snap_on.layers) > 0
+    assert sum(l.prefetch_bytes for l in snap_off.layers) == 0
+    assert snap_off.totals.prefetch_precision is None
     assert trace.predicted.shape[2] == 2 + extra
     # precision / recall from the recorded guesses, computed here independently of the engine
     for pos in (1, 2):
         right = sum(len(set(p) & set(a)) for p, a in zip(trace.predicted[:, pos].tolist(),
                                                           trace.experts[:, pos].tolist()))
-        layer = snap_on["layers"][pos]
-        assert layer["prefetch_precision"] == pytest.approx(right / (len(trace.experts) * (2 + extra)))
-        assert layer["prefetch_recall"] == pytest.approx(right / (len(trace.experts) * 2))
+        layer = snap_on.layers[pos]
+        assert layer.prefetch_precision == pytest.approx(right / (len(trace.experts) * (2 + extra)))
+        assert layer.prefetch_recall == pytest.approx(right / (len(trace.experts) * 2))
     # all MoE inputs of a decode step are available to check the guess rule: layer 2's router on layer 1's input
     ref = load_reference(folder)
     seen = {}

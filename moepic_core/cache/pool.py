@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layout import Layout, split_rows
+from ..layout import Layout
 
 
 class Transfer:
@@ -54,7 +54,7 @@ class SlotPool:
     def __init__(self, layout: Layout, intermediate_size: int, row_bytes: int, device: torch.device,
                  allocate: bool = True):
         """`allocate=False`: the geometry only (in place, the store's own bytes are the slots)."""
-        self.rows = [split_rows(intermediate_size, p.split_ratio) if p.slots else 0 for p in layout.layers]
+        self.rows = [p.top_rows(intermediate_size) for p in layout.layers]
         self.slots = [p.slots for p in layout.layers]
         sizes = [s * r * row_bytes for s, r in zip(self.slots, self.rows)] if allocate else [0] * len(self.slots)
         self.nbytes = sum(sizes)
