@@ -76,7 +76,7 @@ def fit_check(choice: str, spec, dtype: str, quant: str, ram_available: int, cpu
     """The quant decision (moepic_core.fit) for `spec` on this machine as a picker message."""
     from moepic_core.errors import OptionError
     from moepic_core.fit import decide_quant, free_disk_bytes
-    from moepic_core.store import default_cache_dir
+    from moepic_core.fsutil import default_cache_dir
 
     cache = default_cache_dir()
     where = "" if cpu else " (the dense part goes to VRAM)"

@@ -21,6 +21,7 @@ from .cache.policies import AUTO
 from .config import GB, EngineConfig
 from .errors import BudgetError, GenerationError, MoepicError, UnsupportedModelError
 from .fit import fit_quant
+from .fsutil import default_cache_dir
 from .generation import SamplingConfig, decode_tokens
 from .kernels import pack_dense_linears, torch_workspace_bytes
 from .layout import Layout, uniform_layout
@@ -28,8 +29,9 @@ from .options import bad
 from .loader import build_dense_model
 from .offload import ExpertRuntime, OffloadedExperts
 from .quant import TORCH_DTYPES, dtype_name
-from .store import CheckpointReader, ExpertStore, default_cache_dir
+from .store import ExpertStore
 from .text import IncrementalDetokenizer, chat_input_ids
+from .weights import CheckpointReader
 
 log = logging.getLogger(__name__)
 AUTO_FALLBACK = "lru"  # the policy "auto" runs where no solver chose one (a given split, all resident)
@@ -98,7 +100,7 @@ class Engine:
         config = models.load_config(folder)
         adapter = models.get_adapter(config)
         reader = CheckpointReader(folder)
-        spec = models.checkpoint_spec(adapter, folder.name, {k: e[2]["shape"] for k, e in reader.entries.items()})
+        spec = models.checkpoint_spec(adapter, folder.name, reader.shapes())
         device = resolve_device(cfg.device)
         if device.type == "cpu":
             cfg = dataclasses.replace(cfg, cpu_mode=resolve_cpu_mode(cfg, device, folder))

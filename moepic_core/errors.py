@@ -34,5 +34,13 @@ class BudgetError(MoepicError):
         self.min_bytes = min_bytes
 
 
+class PlanError(MoepicError):
+    """A cache plan that cannot run: a layout or slot counts that do not match the model, bad policy parameters."""
+
+
+class TraceError(MoepicError):
+    """A routing trace file is missing, unreadable or malformed."""
+
+
 class GenerationError(MoepicError):
     """Generation could not run (empty prompt, out of memory, ...)."""
