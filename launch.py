@@ -9,8 +9,10 @@ import socket
 import sys
 
 import app  # noqa: F401 - switches analytics and telemetry off before gradio is imported
-from app.config import DEVICES, POLICIES, QUANTS, AppConfig
-from moepic_core.options import DTYPES, OneLineParser, exit_with, parsed
+from app.config import AppConfig
+from moepic_core.cache.policies import POLICY_CHOICES
+from moepic_core.fit import QUANT_CHOICES
+from moepic_core.options import DEVICES, DTYPES, OneLineParser, exit_with, parsed
 
 
 def choice(option: str, allowed) -> dict:
@@ -32,10 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "Default: detected free VRAM minus a reserve; in CPU mode a simulated budget that "
                         "caches about a third of the expert bytes")
     p.add_argument("--device", **choice("device", DEVICES), default="auto", help="where the model computes (default: auto: CUDA if available)")
-    p.add_argument("--quant", **choice("quant", QUANTS), default="auto",
+    p.add_argument("--quant", **choice("quant", QUANT_CHOICES), default="auto",
                    help="quantisation of the expert store (default: auto, the best quality that fits the free "
                         "RAM and disk; the page says which and why)")
-    p.add_argument("--policy", **choice("policy", POLICIES), default="auto",
+    p.add_argument("--policy", **choice("policy", POLICY_CHOICES), default="auto",
                    help="expert-cache policy (default: auto, the best by replaying the calibration trace)")
     p.add_argument("--dtype", **choice("dtype", DTYPES), default=None,
                    help="compute dtype (default: the engine's choice for the device)")

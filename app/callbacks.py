@@ -15,10 +15,11 @@ import gradio as gr
 import psutil
 
 from app import models
-from app.config import GB, SIMULATED_CACHE_SHARE, AppConfig, cpu_mode, default_vram_gb
+from app.config import AppConfig, cpu_mode, default_vram_gb
 from app.panels import fmt_bytes, heatmap_html, hitrate_chart_html, split_chart_html, stats_html
 from app.session import Session
 from app.worker import EngineWorker
+from moepic_core.units import GB
 
 MB = 1e6
 MODE_WORDS = {"simulated": " (CPU, simulated VRAM cache)", "in-place": " (CPU, experts computed in place in RAM)"}
@@ -93,14 +94,6 @@ class Controller:
         return dict(vram_gb=vram, device=self.config.device, dtype=self.config.dtype, quant=quant, policy=policy,
                     cpu_mode=self.config.cpu_mode)
 
-    def _after_load(self, engine) -> None:
-        """A simulated cache without --vram-gb: a budget that caches part of the experts, so the panels
-        show the cache at work."""
-        snap = engine.snapshot()
-        if snap["budgets"].get("simulated") and self.config.vram_gb is None:
-            all_experts = snap["num_layers"] * snap["num_experts"] * snap["expert_bytes"]
-            engine.reconfigure(vram_gb=engine.min_vram_gb + SIMULATED_CACHE_SHARE * all_experts / GB)
-
     def check(self, choice: str, quant: str) -> models.ModelCheck:
         return models.check(choice, quant, psutil.virtual_memory().available, self.cpu)
 
@@ -112,7 +105,7 @@ class Controller:
             self.start_problem = ("warn", f"{check.message} Press Load to download it.") if check.hub_id \
                 else ("error", check.message)
             return check
-        self.worker.load(str(check.folder), label=check.choice, after=self._after_load,
+        self.worker.load(str(check.folder), label=check.choice,
                          **self._load_kwargs(self.config.quant, self.config.policy))
         return check
 
@@ -190,7 +183,7 @@ class Controller:
         if not check.loadable:  # the current model, if any, stays loaded
             session.status = status_html("error", check.message)
             return (session.status, *skip, session)
-        future = self.worker.load(str(check.folder), label=choice, after=self._after_load,
+        future = self.worker.load(str(check.folder), label=choice,
                                   **self._load_kwargs(quant, policy))
         self._wait_with_progress(future, progress)
         self.worker.wait_loaded()

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from moepic_core.models import DEMO_MODEL_DIR
 from moepic_core.units import fmt_bytes
 
 DEMO = "demo"
-DEMO_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -110,7 +110,7 @@ def check(choice: str, quant: str, ram_available: int, cpu: bool) -> ModelCheck:
     if not choice:
         return ModelCheck(choice, "error", "no model given: pick one or type a folder path")
     if choice == DEMO:
-        return check_folder(DEMO_FOLDER, quant, ram_available, cpu, choice)
+        return check_folder(DEMO_MODEL_DIR, quant, ram_available, cpu, choice)
     if is_hub_id(choice):
         folder = cached_hub_folder(choice)
         if folder is not None:

@@ -47,10 +47,6 @@ def layer_span(layers: list[dict]) -> str:
     return "decoder layers " + ", ".join(map(str, numbers))
 
 
-def _cell_state(layer: dict, e: int) -> tuple[str | None, bool, bool]:
-    return layer["cached"][e], e in layer.get("active", ()), e in layer.get("prefetched", ())
-
-
 def _grid(layers: list[dict], experts: int) -> str:
     rows = []
     for layer in layers:

@@ -11,6 +11,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator
 
+from moepic_core.units import GB
+
 SNAPSHOT_INTERVAL_S = 0.1  # panels refresh at most ~10 Hz while generating
 HEARTBEAT_S = 0.25  # an empty batch at least this often, so a cancelled handler can close the stream
 STOP_WAIT_S = 60.0  # how long a cancelled handler waits for the engine to settle
@@ -49,16 +51,13 @@ class EngineWorker:
 
         return Engine.load
 
-    def load(self, model: str, label: str | None = None, after: Callable | None = None, **kwargs) -> Future:
-        """Load `model` on the engine thread (dropping the current engine first). `after(engine)` runs
-        there too once it is loaded, e.g. to set a simulated budget. Returns the future."""
+    def load(self, model: str, label: str | None = None, **kwargs) -> Future:
+        """Load `model` on the engine thread (dropping the current engine first). Returns the future."""
         def job():
             self.engine, self.last_snapshot, self.load_error, self.load_warning = None, None, None, None
             self.model_label, self.progress = label or model, ("starting", 0.0)
             try:
                 engine = self._open(model, kwargs)
-                if after is not None:
-                    after(engine)
             except Exception as exc:
                 self.load_error = str(exc) or type(exc).__name__
                 raise
@@ -82,7 +81,7 @@ class EngineWorker:
             if kwargs.get("vram_gb") is None:
                 raise
             self.load_warning = f"{exc}. Loaded at the minimum instead: raise the VRAM budget for an expert cache."
-            return load(model, progress=self._on_progress, **dict(kwargs, vram_gb=(exc.min_bytes + 1) / 1e9))
+            return load(model, progress=self._on_progress, **dict(kwargs, vram_gb=(exc.min_bytes + 1) / GB))
 
     def _on_progress(self, stage: str, fraction: float) -> None:
         self.progress = (stage, float(fraction))

@@ -14,9 +14,9 @@ from .presets import get_preset
 from .replay import ORACLE
 from .spec import QUANTS
 from .trace import RoutingTrace
+from .units import GB
 
 POLICY_CHOICES = (AUTO, *(p for p in POLICIES if p != "per-layer"), ORACLE)
-GB = 1e9
 
 
 def model_parser(prog: str, description: str, trace_required: bool) -> argparse.ArgumentParser:

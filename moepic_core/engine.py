@@ -18,7 +18,7 @@ import torch
 from . import models, native
 from .budget import Budget, plan_budget
 from .cache.policies import AUTO
-from .config import GB, EngineConfig
+from .config import EngineConfig
 from .errors import BudgetError, GenerationError, MoepicError, UnsupportedModelError
 from .fit import fit_quant
 from .fsutil import default_cache_dir
@@ -31,6 +31,7 @@ from .offload import ExpertRuntime, OffloadedExperts
 from .quant import TORCH_DTYPES, dtype_name
 from .store import ExpertStore
 from .text import IncrementalDetokenizer, chat_input_ids
+from .units import GB
 from .weights import CheckpointReader
 
 log = logging.getLogger(__name__)

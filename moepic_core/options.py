@@ -13,6 +13,7 @@ from .errors import OptionError
 from .spec import DTYPE_BYTES
 
 DTYPES = tuple(DTYPE_BYTES)  # "float32", "bfloat16", "float16"
+DEVICES = ("auto", "cpu", "cuda")  # the engine also takes "cuda:N"
 DEVICE_WORDS = "auto, cpu or cuda[:N]"
 
 RULES = {

@@ -25,6 +25,7 @@ from .options import exit_with, parsed, ratio_or_auto
 from .planning import AUTO_POLICIES, fit_trace, model_accuracy, solve_layout
 from .replay import activations, replay_counts
 from .trace import RoutingTrace
+from .units import GB
 
 
 def simulate(trace: RoutingTrace, spec, layout: Layout, *, policy: str = "lru", bandwidth_gbps: float = 25.0,
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
-    print(f"{spec.name}  policy {report['policy']}  split {args.split}  cache {budget.cache_bytes / 1e9:.2f} GB "
+    print(f"{spec.name}  policy {report['policy']}  split {args.split}  cache {budget.cache_bytes / GB:.2f} GB "
           f"({budget.note()})  link {args.bandwidth_gbps:g} GB/s  CPU {cpu:g} GB/s  {report['tokens']} tokens")
     print(f"{'layer':>5} {'slots':>5} {'ratio':>6} {'policy':>12} {'bottom':>6} {'miss':>5} {'hit':>6} {'full':>6} "
           f"{'MB/tok':>8} {'ms':>8}")

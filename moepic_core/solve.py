@@ -18,6 +18,7 @@ from .errors import MoepicError
 from .options import exit_with, parsed
 from .planning import solve_layout
 from .synthetic import synthetic_trace
+from .units import GB
 
 
 def default_trace(spec, tokens: int | None = None, seed: int = 0):
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
                           "bytes_per_token": p["bytes_per_token"], "cpu_bytes_per_token": p["cpu_bytes_per_token"],
                           "baselines": p["baselines"], "solve_s": p["solve_s"]}, indent=1))
         return 0
-    print(f"{spec.name}  cache {budget.cache_bytes / 1e9:.2f} GB ({budget.note()})  link {args.bandwidth_gbps:g} GB/s  "
+    print(f"{spec.name}  cache {budget.cache_bytes / GB:.2f} GB ({budget.note()})  link {args.bandwidth_gbps:g} GB/s  "
           f"CPU {cpu:g} GB/s ({cpu_source})  quant {args.quant}  policy {args.policy}\n"
           f"trace: {p['trace']}  predictor recall {p['prefetch_accuracy']:.0%}")
     print_layout(spec, layout, rows)

@@ -117,6 +117,3 @@ class CacheDirectory:
                 self._maps[l][e] = slot
                 placed[l].append(e)
         return placed
-
-    def occupancy(self) -> list[int]:
-        return [len(m) for m in self._maps]
