@@ -17,6 +17,7 @@ import psutil
 from app import models
 from app.config import AppConfig, cpu_mode, default_vram_gb
 from app.panels import fmt_bytes, heatmap_html, hitrate_chart_html, split_chart_html, stats_html
+from app.problems import problem_text
 from app.session import Session
 from app.worker import EngineWorker
 from moepic_core.units import GB
@@ -160,8 +161,8 @@ class Controller:
         def job():
             try:
                 box["folder"] = models.download(repo_id, lambda stage, f: box.update(progress=(stage, f)))
-            except Exception as exc:  # noqa: BLE001 - a ModelLoadError in one plain line, shown in the status
-                box["error"] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - shown in the status (a ModelLoadError as it is)
+                box["error"] = problem_text(exc, f"downloading {repo_id}")
 
         thread = threading.Thread(target=job, daemon=True)
         thread.start()
@@ -198,8 +199,8 @@ class Controller:
         start = time.perf_counter()
         try:
             snap = self.worker.reconfigure(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - BudgetError names the minimum; keep serving
-            session.status = status_html("error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - shown (a BudgetError names the minimum); keep serving
+            session.status = status_html("error", problem_text(exc, f"re-laying out the cache ({what})"))
             return (session.status, *(gr.skip(),) * 4, session)
         elapsed = time.perf_counter() - start
         slots = sum(layer["slots"] for layer in snap["layers"])
@@ -253,10 +254,8 @@ class Controller:
                 session.add(snap)
                 yield (gr.skip(), shown, *(panels(snap, session) if snap is not None else (gr.skip(),) * 4),
                        gr.skip(), session)
-        except Exception as exc:  # noqa: BLE001 - GenerationError, out of memory: shown, the app keeps serving
-            problem = str(exc) or type(exc).__name__
-            if "out of memory" in problem.lower():
-                problem = f"out of memory while generating: lower the VRAM budget or use int4 ({problem})"
+        except Exception as exc:  # noqa: BLE001 - shown (GenerationError, OutOfMemoryError as they are); keep serving
+            problem = problem_text(exc, "generating")
             session.status = status_html("error", problem)
             shown[-1]["content"] += f"\n\n⚠ {problem}"
             yield (gr.skip(), shown, *(gr.skip(),) * 4, session.status, session)

@@ -11,6 +11,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator
 
+from app.problems import problem_text
+from moepic_core.errors import BudgetError, MoepicError
 from moepic_core.units import GB
 
 SNAPSHOT_INTERVAL_S = 0.1  # panels refresh at most ~10 Hz while generating
@@ -18,7 +20,7 @@ HEARTBEAT_S = 0.25  # an empty batch at least this often, so a cancelled handler
 STOP_WAIT_S = 60.0  # how long a cancelled handler waits for the engine to settle
 
 
-class NoModelError(RuntimeError):
+class NoModelError(MoepicError):
     """Generation was asked for while no model is loaded (the message says why)."""
 
 
@@ -59,7 +61,7 @@ class EngineWorker:
             try:
                 engine = self._open(model, kwargs)
             except Exception as exc:
-                self.load_error = str(exc) or type(exc).__name__
+                self.load_error = problem_text(exc, f"loading {label or model}")
                 raise
             finally:
                 self.progress = None
@@ -72,8 +74,6 @@ class EngineWorker:
     def _open(self, model: str, kwargs: dict):
         """Engine.load; a VRAM budget below the engine's minimum loads at the minimum instead (no expert
         cache) with a warning, so the slider can then raise it."""
-        from moepic_core.errors import BudgetError
-
         load = self._engine_class()
         try:
             return load(model, progress=self._on_progress, **kwargs)
@@ -105,7 +105,7 @@ class EngineWorker:
         """Run `fn(engine, *args, **kwargs)` on the engine thread and return its result."""
         def job():
             if self.engine is None:
-                raise RuntimeError(self.load_error or "No model is loaded.")
+                raise NoModelError(self.load_error or "No model is loaded.")
             return fn(self.engine, *args, **kwargs)
 
         return self._pool.submit(job).result()

@@ -19,7 +19,7 @@ from . import models, native
 from .budget import Budget, plan_budget
 from .cache.policies import AUTO
 from .config import EngineConfig
-from .errors import BudgetError, GenerationError, MoepicError, UnsupportedModelError
+from .errors import BudgetError, GenerationError, MoepicError, OutOfMemoryError
 from .fit import fit_quant
 from .fsutil import default_cache_dir
 from .generation import SamplingConfig, decode_tokens
@@ -337,10 +337,11 @@ class Engine:
                     token = next(steps)
             except StopIteration:
                 return
-            except torch.cuda.OutOfMemoryError as e:
+            except (torch.OutOfMemoryError, MemoryError) as e:
                 self._recover()
-                raise GenerationError("out of GPU memory during generation: lower the VRAM budget "
-                                      "or the context length and try again") from e
+                where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
+                raise OutOfMemoryError(f"out of {where} memory while generating: lower the VRAM budget, use "
+                                       "int4 or shorten the conversation, and try again") from e
             except BaseException:
                 self._recover()
                 raise

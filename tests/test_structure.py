@@ -108,3 +108,14 @@ def test_no_function_is_longer_than_the_limit():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert long == []
+
+
+def test_every_error_class_lives_in_errors_py():
+    elsewhere = []
+    for name, tree in modules().items():
+        for node in ast.walk(tree):
+            bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in getattr(node, "bases", [])]
+            is_error = isinstance(node, ast.ClassDef) and any(b.endswith(("Error", "Exception")) for b in bases)
+            if is_error and name != f"{PACKAGE}.errors":
+                elsewhere.append(f"{name}.{node.name}")
+    assert elsewhere == []
