@@ -14,7 +14,7 @@ from moepic_core.models import load_spec
 from moepic_core.simulate import simulate
 from moepic_core.testing import load_reference
 
-from test_engine_exact import check_engine_matches
+from helpers import check_engine_matches
 
 
 def test_default_layout_is_solved_and_exact(tiny_models, cache_dir):
