@@ -9,8 +9,11 @@ import socket
 import sys
 
 import app  # noqa: F401 - switches analytics and telemetry off before gradio is imported
-from app.config import DEVICES, POLICIES, QUANTS, AppConfig
-from moepic_core.options import DTYPES, OneLineParser, exit_with, parsed
+from app.config import AppConfig
+from moepic_core.cache.policies import POLICY_CHOICES
+from moepic_core.errors import MoepicError
+from moepic_core.fit import QUANT_CHOICES
+from moepic_core.options import DEVICES, DTYPES, OneLineParser, exit_with, parsed
 
 
 def choice(option: str, allowed) -> dict:
@@ -32,10 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "Default: detected free VRAM minus a reserve; in CPU mode a simulated budget that "
                         "caches about a third of the expert bytes")
     p.add_argument("--device", **choice("device", DEVICES), default="auto", help="where the model computes (default: auto: CUDA if available)")
-    p.add_argument("--quant", **choice("quant", QUANTS), default="auto",
+    p.add_argument("--quant", **choice("quant", QUANT_CHOICES), default="auto",
                    help="quantisation of the expert store (default: auto, the best quality that fits the free "
                         "RAM and disk; the page says which and why)")
-    p.add_argument("--policy", **choice("policy", POLICIES), default="auto",
+    p.add_argument("--policy", **choice("policy", POLICY_CHOICES), default="auto",
                    help="expert-cache policy (default: auto, the best by replaying the calibration trace)")
     p.add_argument("--dtype", **choice("dtype", DTYPES), default=None,
                    help="compute dtype (default: the engine's choice for the device)")
@@ -74,11 +77,11 @@ def exposure_warning(host: str, api_key: str | None, page: bool) -> str | None:
 
 
 def api_settings(args: argparse.Namespace):
-    """The API's settings from the flags; ValueError names the bad one."""
+    """The API's settings from the flags; a MoepicError names the bad one."""
     from app.api import ApiSettings
 
     if args.share and args.api_only:
-        raise ValueError("--share makes a link to the page; --api-only serves no page")
+        raise MoepicError("--share makes a link to the page; --api-only serves no page")
     return ApiSettings(api_key=args.api_key, cors_origins=tuple(args.cors_origin), queue_size=args.api_queue)
 
 
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
         config = AppConfig(model=args.model, vram_gb=args.vram_gb, device=args.device, quant=args.quant,
                            policy=args.policy, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
         api = api_settings(args)
-    except ValueError as exc:
+    except MoepicError as exc:
         return exit_with(exc)
     warning = exposure_warning(args.host, api.api_key, page=not args.api_only)
     if warning:

@@ -27,9 +27,11 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from moepic_core.errors import MoepicError
+from moepic_core.options import bad
 
 from app.api_generation import Finished, Started, generate
 from app.openai_schema import APIError, Reply, model_list, parse_body, parse_chat, parse_completion, usage
+from app.problems import problem_text
 from app.worker import NoModelError
 
 log = logging.getLogger("moepic.api")
@@ -44,9 +46,9 @@ class ApiSettings:
 
     def __post_init__(self):
         if self.queue_size < 0:
-            raise ValueError(f"queue_size (--api-queue) must be >= 0; got {self.queue_size}")
+            raise bad("api_queue", self.queue_size)
         if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("api_key (--api-key) must not be empty")
+            raise bad("api_key", self.api_key)
 
 
 class Admission:
@@ -143,7 +145,7 @@ def as_api_error(exc: Exception) -> APIError:
         return APIError(503, f"no model is loaded: {exc}", code="model_not_loaded")
     if isinstance(exc, MoepicError):
         return APIError(400, str(exc), code="generation_error")
-    return APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+    return APIError(500, problem_text(exc, "serving an API request"), code="internal_error")
 
 
 def sse(obj) -> str:

@@ -16,10 +16,12 @@ import psutil
 from moepic_core.snapshot import Snapshot
 
 from app import models
-from app.config import GB, SIMULATED_CACHE_SHARE, AppConfig, cpu_mode, default_vram_gb
+from app.config import AppConfig, cpu_mode, default_vram_gb
 from app.panels import fmt_bytes, heatmap_html, hitrate_chart_html, split_chart_html, stats_html
+from app.problems import problem_text
 from app.session import Session
 from app.worker import EngineWorker
+from moepic_core.units import GB
 
 MB = 1e6
 MODE_WORDS = {"simulated": " (CPU, simulated VRAM cache)", "in-place": " (CPU, experts computed in place in RAM)"}
@@ -93,14 +95,6 @@ class Controller:
         return dict(vram_gb=vram, device=self.config.device, dtype=self.config.dtype, quant=quant, policy=policy,
                     cpu_mode=self.config.cpu_mode)
 
-    def _after_load(self, engine) -> None:
-        """A simulated cache without --vram-gb: a budget that caches part of the experts, so the panels
-        show the cache at work."""
-        snap = engine.snapshot()
-        if snap.budgets.simulated and self.config.vram_gb is None:
-            all_experts = snap.num_layers * snap.num_experts * snap.expert_bytes
-            engine.reconfigure(vram_gb=engine.min_vram_gb + SIMULATED_CACHE_SHARE * all_experts / GB)
-
     def check(self, choice: str, quant: str) -> models.ModelCheck:
         return models.check(choice, quant, psutil.virtual_memory().available, self.cpu)
 
@@ -112,7 +106,7 @@ class Controller:
             self.start_problem = ("warn", f"{check.message} Press Load to download it.") if check.hub_id \
                 else ("error", check.message)
             return check
-        self.worker.load(str(check.folder), label=check.choice, after=self._after_load,
+        self.worker.load(str(check.folder), label=check.choice,
                          **self._load_kwargs(self.config.quant, self.config.policy))
         return check
 
@@ -167,8 +161,8 @@ class Controller:
         def job():
             try:
                 box["folder"] = models.download(repo_id, lambda stage, f: box.update(progress=(stage, f)))
-            except Exception as exc:  # noqa: BLE001 - a ModelLoadError in one plain line, shown in the status
-                box["error"] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - shown in the status (a ModelLoadError as it is)
+                box["error"] = problem_text(exc, f"downloading {repo_id}")
 
         thread = threading.Thread(target=job, daemon=True)
         thread.start()
@@ -190,7 +184,7 @@ class Controller:
         if not check.loadable:  # the current model, if any, stays loaded
             session.status = status_html("error", check.message)
             return (session.status, *skip, session)
-        future = self.worker.load(str(check.folder), label=choice, after=self._after_load,
+        future = self.worker.load(str(check.folder), label=choice,
                                   **self._load_kwargs(quant, policy))
         self._wait_with_progress(future, progress)
         self.worker.wait_loaded()
@@ -205,8 +199,8 @@ class Controller:
         start = time.perf_counter()
         try:
             snap = self.worker.reconfigure(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - BudgetError names the minimum; keep serving
-            session.status = status_html("error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - shown (a BudgetError names the minimum); keep serving
+            session.status = status_html("error", problem_text(exc, f"re-laying out the cache ({what})"))
             return (session.status, *(gr.skip(),) * 4, session)
         elapsed = time.perf_counter() - start
         slots, cache = snap.slots, fmt_bytes(snap.budgets.cache_bytes)
@@ -259,10 +253,8 @@ class Controller:
                 session.add(snap)
                 yield (gr.skip(), shown, *(panels(snap, session) if snap is not None else (gr.skip(),) * 4),
                        gr.skip(), session)
-        except Exception as exc:  # noqa: BLE001 - GenerationError, out of memory: shown, the app keeps serving
-            problem = str(exc) or type(exc).__name__
-            if "out of memory" in problem.lower():
-                problem = f"out of memory while generating: lower the VRAM budget or use int4 ({problem})"
+        except Exception as exc:  # noqa: BLE001 - shown (GenerationError, OutOfMemoryError as they are); keep serving
+            problem = problem_text(exc, "generating")
             session.status = status_html("error", problem)
             shown[-1]["content"] += f"\n\n⚠ {problem}"
             yield (gr.skip(), shown, *(gr.skip(),) * 4, session.status, session)

@@ -3,16 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moepic_core.cache.policies import POLICY_CHOICES as POLICIES  # noqa: F401 ("auto" first: by measurement)
+from moepic_core.cache.policies import POLICY_CHOICES  # "auto" first: by measurement
 from moepic_core.config import CPU_MODES
-from moepic_core.fit import AUTO, QUANT_CHOICES
-from moepic_core.options import DTYPES, bad
+from moepic_core.fit import AUTO, QUANT_CHOICES  # "auto" first: the best quality that fits the free RAM and disk
+from moepic_core.options import DEVICES, DTYPES, bad
+from moepic_core.units import GB
 
-DEVICES = ("auto", "cpu", "cuda")
-QUANTS = QUANT_CHOICES  # "auto" first: the best quality that fits the free RAM and disk
-GB = 1e9  # the engine's vram_gb and the UI's GB are decimal gigabytes
 VRAM_RESERVE_GB = 1.0  # left free for the CUDA context, other programs and fragmentation
-SIMULATED_CACHE_SHARE = 0.35  # CPU mode default: a cache for about this share of all expert bytes
 
 
 @dataclass
@@ -31,8 +28,8 @@ class AppConfig:
 
     def __post_init__(self):
         """Refuses a bad value in the engine's words (moepic_core.options), so launch.py says what the CLI says."""
-        for name, value, allowed in (("device", self.device, DEVICES), ("quant", self.quant, QUANTS),
-                                     ("policy", self.policy, POLICIES)):
+        for name, value, allowed in (("device", self.device, DEVICES), ("quant", self.quant, QUANT_CHOICES),
+                                     ("policy", self.policy, POLICY_CHOICES)):
             if value not in allowed:
                 raise bad(name, value, allowed)
         if self.dtype is not None and self.dtype not in DTYPES:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from moepic_core.models import DEMO_MODEL_DIR
 from moepic_core.units import fmt_bytes
 
 DEMO = "demo"
-DEMO_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -76,7 +76,7 @@ def fit_check(choice: str, spec, dtype: str, quant: str, ram_available: int, cpu
     """The quant decision (moepic_core.fit) for `spec` on this machine as a picker message."""
     from moepic_core.errors import OptionError
     from moepic_core.fit import decide_quant, free_disk_bytes
-    from moepic_core.store import default_cache_dir
+    from moepic_core.fsutil import default_cache_dir
 
     cache = default_cache_dir()
     where = "" if cpu else " (the dense part goes to VRAM)"
@@ -110,7 +110,7 @@ def check(choice: str, quant: str, ram_available: int, cpu: bool) -> ModelCheck:
     if not choice:
         return ModelCheck(choice, "error", "no model given: pick one or type a folder path")
     if choice == DEMO:
-        return check_folder(DEMO_FOLDER, quant, ram_available, cpu, choice)
+        return check_folder(DEMO_MODEL_DIR, quant, ram_available, cpu, choice)
     if is_hub_id(choice):
         folder = cached_hub_folder(choice)
         if folder is not None:

@@ -7,7 +7,8 @@ import gradio as gr
 
 from app import models
 from app.callbacks import Controller, status_html
-from app.config import POLICIES, QUANTS
+from moepic_core.cache.policies import POLICY_CHOICES
+from moepic_core.fit import QUANT_CHOICES
 from app.header import header_html
 from app.live import follow_engine
 from app.panels import heatmap_html, hitrate_chart_html, split_chart_html, stats_html
@@ -44,14 +45,14 @@ def build(c: Controller) -> gr.Blocks:
                 with gr.Row(equal_height=True):
                     picker = gr.Dropdown(models.choices(), value=cfg.model, allow_custom_value=True, scale=5,
                                          label="Model: demo, a hub id, or a folder path", elem_id="model-picker")
-                    quant = gr.Dropdown(list(QUANTS), value=cfg.quant, label="Quantisation (auto: best that fits)", scale=2,
+                    quant = gr.Dropdown(list(QUANT_CHOICES), value=cfg.quant, label="Quantisation (auto: best that fits)", scale=2,
                                         elem_id="quant")
                     load = gr.Button("Load", elem_id="load", scale=1, min_width=70)
                 status = gr.HTML(status_html("busy", "Starting…"), elem_id="status")  # page_load fills it
                 with gr.Row(equal_height=True):
                     slider = gr.Slider(0.0, 1.0, value=1.0, label="VRAM budget (GB)", interactive=False, scale=5,
                                        elem_id="vram-slider")
-                    policy = gr.Dropdown(list(POLICIES), value=cfg.policy, label="Cache policy", scale=2,
+                    policy = gr.Dropdown(list(POLICY_CHOICES), value=cfg.policy, label="Cache policy", scale=2,
                                          elem_id="policy")
                 heatmap = gr.HTML(heatmap_html(None), elem_id="cache-heatmap")
                 hitrate = gr.HTML(hitrate_chart_html(None), elem_id="hitrate-chart")

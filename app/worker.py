@@ -11,6 +11,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator
 
+from app.problems import problem_text
+from moepic_core.errors import BudgetError, MoepicError
+from moepic_core.units import GB
 from moepic_core.snapshot import Snapshot
 
 SNAPSHOT_INTERVAL_S = 0.1  # panels refresh at most ~10 Hz while generating
@@ -18,7 +21,7 @@ HEARTBEAT_S = 0.25  # an empty batch at least this often, so a cancelled handler
 STOP_WAIT_S = 60.0  # how long a cancelled handler waits for the engine to settle
 
 
-class NoModelError(RuntimeError):
+class NoModelError(MoepicError):
     """Generation was asked for while no model is loaded (the message says why)."""
 
 
@@ -51,18 +54,15 @@ class EngineWorker:
 
         return Engine.load
 
-    def load(self, model: str, label: str | None = None, after: Callable | None = None, **kwargs) -> Future:
-        """Load `model` on the engine thread (dropping the current engine first). `after(engine)` runs
-        there too once it is loaded, e.g. to set a simulated budget. Returns the future."""
+    def load(self, model: str, label: str | None = None, **kwargs) -> Future:
+        """Load `model` on the engine thread (dropping the current engine first). Returns the future."""
         def job():
             self.engine, self.last_snapshot, self.load_error, self.load_warning = None, None, None, None
             self.model_label, self.progress = label or model, ("starting", 0.0)
             try:
                 engine = self._open(model, kwargs)
-                if after is not None:
-                    after(engine)
             except Exception as exc:
-                self.load_error = str(exc) or type(exc).__name__
+                self.load_error = problem_text(exc, f"loading {label or model}")
                 raise
             finally:
                 self.progress = None
@@ -75,8 +75,6 @@ class EngineWorker:
     def _open(self, model: str, kwargs: dict):
         """Engine.load; a VRAM budget below the engine's minimum loads at the minimum instead (no expert
         cache) with a warning, so the slider can then raise it."""
-        from moepic_core.errors import BudgetError
-
         load = self._engine_class()
         try:
             return load(model, progress=self._on_progress, **kwargs)
@@ -84,7 +82,7 @@ class EngineWorker:
             if kwargs.get("vram_gb") is None:
                 raise
             self.load_warning = f"{exc}. Loaded at the minimum instead: raise the VRAM budget for an expert cache."
-            return load(model, progress=self._on_progress, **dict(kwargs, vram_gb=(exc.min_bytes + 1) / 1e9))
+            return load(model, progress=self._on_progress, **dict(kwargs, vram_gb=(exc.min_bytes + 1) / GB))
 
     def _on_progress(self, stage: str, fraction: float) -> None:
         self.progress = (stage, float(fraction))
@@ -108,7 +106,7 @@ class EngineWorker:
         """Run `fn(engine, *args, **kwargs)` on the engine thread and return its result."""
         def job():
             if self.engine is None:
-                raise RuntimeError(self.load_error or "No model is loaded.")
+                raise NoModelError(self.load_error or "No model is loaded.")
             return fn(self.engine, *args, **kwargs)
 
         return self._pool.submit(job).result()

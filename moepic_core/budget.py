@@ -3,7 +3,8 @@ One function, `plan_budget`, serves the engine, `solve`, `simulate` and (through
 
 min_vram = dense part + KV reserve (max_context tokens) + staging (one token's worst case)
            + workspace (activations and logits of a 512-token prefill chunk).
-cache    = vram - min_vram, or `cache_bytes` when given directly.
+cache    = vram - min_vram, or `cache_bytes` when given directly; on the CPU without either, a
+           simulated VRAM budget of min_vram + SIMULATED_CACHE_SHARE of the expert bytes.
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from dataclasses import dataclass
 
 from .errors import BudgetError
 from .spec import DTYPE_BYTES, ModelSpec
+from .units import GB
 
 PREFILL_CHUNK = 512
 CONTEXT_TOKENS = 4096   # the engine's default max_context: the KV reserve is sized for this many tokens
 FREE_VRAM_SHARE = 0.9   # without a budget, CUDA takes this share of the free VRAM
+SIMULATED_CACHE_SHARE = 0.35  # without a budget, a simulated (CPU) cache holds this share of the expert bytes
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,8 @@ class Budget:
         """One line: where the cache share comes from."""
         if self.vram_bytes is None:
             return "cache budget given" if not self.simulated else "simulated cache"
-        return (f"VRAM {self.vram_bytes / 1e9:.2f} GB - dense {self.dense_bytes / 1e9:.2f} - KV/staging/workspace "
-                f"{(self.min_vram_bytes - self.dense_bytes) / 1e9:.2f}")
+        return (f"VRAM {self.vram_bytes / GB:.2f} GB - dense {self.dense_bytes / GB:.2f} - KV/staging/workspace "
+                f"{(self.min_vram_bytes - self.dense_bytes) / GB:.2f}")
 
 
 def staging_experts(top_k: int, prefetch_extra: int = 0) -> int:
@@ -68,8 +71,8 @@ def plan_budget(spec: ModelSpec, *, quant: str = "none", dtype: str = "float16",
                 extra_workspace: int = 0) -> Budget:
     """The budget for `spec`: in place (CPU), every expert where it lies; else the cache is
     `cache_bytes` if given, else what `vram_bytes` leaves after the fixed costs, else (simulated CPU
-    mode) half the expert bytes, else a share of `free_bytes` of VRAM. `extra_workspace`: bytes the
-    kernels need besides the prefill workspace."""
+    mode) SIMULATED_CACHE_SHARE of the expert bytes (in a VRAM budget of the fixed costs plus that), else
+    a share of `free_bytes` of VRAM. `extra_workspace`: bytes the kernels need besides the prefill workspace."""
     staging = 0 if in_place else staging_experts(spec.top_k, prefetch_extra) * spec.expert_bytes(quant, dtype)
     costs = fixed_costs(spec, dtype, min(max_context, 1 << 20), staging)
     costs["workspace_bytes"] += extra_workspace
@@ -81,7 +84,7 @@ def plan_budget(spec: ModelSpec, *, quant: str = "none", dtype: str = "float16",
         cache = int(cache_bytes)
     elif vram_bytes is not None:
         if vram_bytes < min_vram:
-            gb = 1e9
+            gb = GB
             raise BudgetError(
                 f"VRAM budget {vram_bytes / gb:.3f} GB is below the minimum {min_vram / gb:.3f} GB for "
                 f"{spec.name} ({dtype}, quant {quant}): dense part {costs['dense_bytes'] / gb:.3f} GB, "
@@ -89,7 +92,8 @@ def plan_budget(spec: ModelSpec, *, quant: str = "none", dtype: str = "float16",
                 f"{staging / gb:.3f} GB, workspace {costs['workspace_bytes'] / gb:.3f} GB", min_vram)
         cache = int(vram_bytes) - min_vram
     elif simulated:
-        cache = spec.store_bytes(quant, dtype) // 2  # CPU default: a simulated half-size cache
+        cache = int(SIMULATED_CACHE_SHARE * spec.store_bytes(quant, dtype))
+        vram_bytes = min_vram + cache
     elif free_bytes is not None:
         cache = max(0, int(free_bytes * FREE_VRAM_SHARE) - min_vram)
     else:

@@ -5,11 +5,10 @@ from dataclasses import dataclass, field
 
 from .cache.policies import POLICY_CHOICES
 from .fit import AUTO, QUANT_CHOICES
-from .options import DTYPES, bad
+from .options import DEVICES, DTYPES, bad
 from .spec import QUANTS
 
 CPU_MODES = ("auto", "in-place", "simulated")
-GB = 1e9
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class EngineConfig:
                 raise bad(name, value)
         if self.split not in (None, "auto") and not (isinstance(self.split, (int, float)) and 0 < self.split <= 1):
             raise bad("split", self.split)
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise bad("device", self.device)
         if self.max_context < 1:
             raise bad("max_context", self.max_context)

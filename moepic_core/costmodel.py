@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .layout import SPLIT_CHUNKS, split_rows, split_step
+from .options import bad
 from .spec import ModelSpec
 
 DEFAULT_DEVICE_GBPS = 400.0  # device memory bandwidth for the default compute times (RTX 3060 360, 4070 504)
@@ -209,9 +210,9 @@ def build_cost_model(spec: ModelSpec, hit: np.ndarray, accuracy, *, bandwidth_gb
     """A CostModel with the spec's real slot sizes (split ratios in steps of about I/16, as `layout`
     rounds them). `cpu_gbps`: CPU expert throughput in GB/s of weight bytes (0: no CPU path)."""
     if bandwidth_gbps <= 0:
-        raise ValueError(f"--bandwidth-gbps must be > 0, got {bandwidth_gbps}")
-    if cpu_gbps < 0:
-        raise ValueError(f"--cpu-gbps must be >= 0 (0: no CPU path), got {cpu_gbps}")
+        raise bad("bandwidth_gbps", bandwidth_gbps)
+    if not cpu_gbps >= 0:
+        raise bad("cpu_gbps", cpu_gbps)
     I, rb = spec.intermediate_size, spec.row_bytes(quant, dtype)
     chunk_rows = split_step(I)
     rows = sorted({split_rows(I, m / SPLIT_CHUNKS) for m in range(1, SPLIT_CHUNKS + 1)})

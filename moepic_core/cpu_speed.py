@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from . import native
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, default_cache_dir
 from .kernels import ExpertKernel
 from .quant import TORCH_DTYPES, encode_expert
 
@@ -25,8 +25,6 @@ STREAM_BYTES = 96 << 20  # experts are read from RAM, not from the 32 MB caches:
 
 
 def _cache_file() -> Path:
-    from .store import default_cache_dir
-
     return default_cache_dir() / "cpu_speed.json"
 
 

@@ -18,9 +18,10 @@ import torch
 from . import models, native
 from .budget import Budget, plan_budget
 from .cache.policies import AUTO
-from .config import GB, EngineConfig
-from .errors import BudgetError, GenerationError, MoepicError, UnsupportedModelError
+from .config import EngineConfig
+from .errors import BudgetError, GenerationError, MoepicError, OutOfMemoryError
 from .fit import fit_quant
+from .fsutil import default_cache_dir
 from .generation import SamplingConfig, decode_tokens
 from .kernels import pack_dense_linears, torch_workspace_bytes
 from .layout import Layout, uniform_layout
@@ -29,9 +30,11 @@ from .loader import build_dense_model
 from .offload import ExpertRuntime, OffloadedExperts
 from .quant import TORCH_DTYPES, dtype_name
 from .snapshot import Snapshot
-from .store import CheckpointReader, ExpertStore, default_cache_dir
+from .store import ExpertStore
 from .text import IncrementalDetokenizer, chat_input_ids
 from .trace import RoutingTrace, TraceRecorder
+from .units import GB
+from .weights import CheckpointReader
 
 log = logging.getLogger(__name__)
 AUTO_FALLBACK = "lru"  # the policy "auto" runs where no solver chose one (a given split, all resident)
@@ -106,7 +109,7 @@ class Engine:
         config = models.load_config(folder)
         adapter = models.get_adapter(config)
         reader = CheckpointReader(folder)
-        spec = models.checkpoint_spec(adapter, folder.name, {k: e[2]["shape"] for k, e in reader.entries.items()})
+        spec = models.checkpoint_spec(adapter, folder.name, reader.shapes())
         device = resolve_device(cfg.device)
         if device.type == "cpu":
             cfg = dataclasses.replace(cfg, cpu_mode=resolve_cpu_mode(cfg, device, folder))
@@ -367,10 +370,11 @@ class Engine:
                     token = next(steps)
             except StopIteration:
                 return
-            except torch.cuda.OutOfMemoryError as e:
+            except (torch.OutOfMemoryError, MemoryError) as e:
                 self._recover()
-                raise GenerationError("out of GPU memory during generation: lower the VRAM budget "
-                                      "or the context length and try again") from e
+                where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
+                raise OutOfMemoryError(f"out of {where} memory while generating: lower the VRAM budget, use "
+                                       "int4 or shorten the conversation, and try again") from e
             except BaseException:
                 self._recover()
                 raise

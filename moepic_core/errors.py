@@ -1,4 +1,8 @@
-"""Errors the engine raises for bad input. Each carries a message fit to show a user as is."""
+"""Errors the engine raises for what a user can fix: bad input, a model it cannot use, a budget too small,
+memory run out. Each carries a message fit to show a user as is; the CLIs print it as one line and exit
+with status 2, the app shows it in the page. Any other exception is a bug: logged with its traceback.
+MoepicError is a ValueError, so callers that caught ValueError still catch these.
+"""
 
 
 class MoepicError(ValueError):
@@ -34,5 +38,18 @@ class BudgetError(MoepicError):
         self.min_bytes = min_bytes
 
 
+class PlanError(MoepicError):
+    """A cache plan that cannot run: a layout or slot counts that do not match the model, bad policy parameters."""
+
+
+class TraceError(MoepicError):
+    """A routing trace file is missing, unreadable or malformed."""
+
+
 class GenerationError(MoepicError):
-    """Generation could not run (empty prompt, out of memory, ...)."""
+    """Generation could not run (empty prompt, no tokenizer, ...)."""
+
+
+class OutOfMemoryError(GenerationError):
+    """The device (torch.OutOfMemoryError) or the host (MemoryError) ran out of memory in a step; the
+    engine stays usable, at a smaller budget or a shorter context."""

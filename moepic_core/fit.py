@@ -41,13 +41,6 @@ def free_disk_bytes(folder: Path) -> int:
     return int(shutil.disk_usage(folder).free)
 
 
-def store_is_built(cache_dir: Path, spec, quant: str, dtype: str) -> bool:
-    """A packed store of this model, quant and dtype is already in `cache_dir` (checked in full at load)."""
-    need = spec.store_bytes(quant, dtype)
-    pattern = f"{spec.name}-{quant}-{dtype}-*.experts"
-    return any(p.stat().st_size >= need for p in Path(cache_dir).expanduser().glob(pattern))
-
-
 @dataclass(frozen=True)
 class QuantNeed:
     """What one quantization needs on this machine, in bytes."""
@@ -97,6 +90,8 @@ class QuantFit:
 
 
 def quant_needs(spec, dtype: str, cpu: bool, cache_dir: Path) -> tuple[QuantNeed, ...]:
+    from .store import store_is_built  # the store names its files; imported here so this module needs no torch
+
     dense = spec.dense_bytes(dtype) if cpu else 0
     return tuple(QuantNeed(q, spec.store_bytes(q, dtype), dense,
                            0 if store_is_built(cache_dir, spec, q, dtype) else spec.store_bytes(q, dtype))
@@ -143,7 +138,7 @@ def _shortfall(need: QuantNeed, ram: int, disk: int, cache_dir: Path) -> str:
 def fit_quant(spec, requested: str, *, dtype: str, cpu: bool, cache_dir: str | Path,
               ram_available: int | None = None) -> QuantFit:
     """`decide_quant` on this machine: its free RAM now and the free disk under `cache_dir`, the folder
-    of packed stores (`moepic_core.store.default_cache_dir()` unless the user chose one)."""
+    of packed stores (`moepic_core.fsutil.default_cache_dir()` unless the user chose one)."""
     folder = Path(cache_dir).expanduser()
     ram = available_ram_bytes() if ram_available is None else ram_available
     return decide_quant(spec, requested, dtype=dtype, cpu=cpu, ram_available=ram,

@@ -1,10 +1,16 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename."""
+"""Where MoEpic keeps its files (`default_cache_dir`), and atomic writes: write to a temporary file in
+the same folder, fsync, then rename."""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """Packed expert stores, built kernels and the CPU speed profile: MOEPIC_CACHE_DIR or ~/.cache/moepic."""
+    return Path(os.environ.get("MOEPIC_CACHE_DIR") or Path.home() / ".cache" / "moepic")
 
 
 @contextlib.contextmanager

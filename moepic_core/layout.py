@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .errors import PlanError
+from .options import bad
 from .spec import chunk_neurons
 
 SPLIT_CHUNKS = 16  # split ratios are multiples of about 1/16 of the intermediate size
@@ -47,7 +49,7 @@ def split_step(intermediate_size: int) -> int:
 def split_rows(intermediate_size: int, ratio: float) -> int:
     """Rows (neurons) in a top segment at `ratio`, rounded to a whole step, at least one step."""
     if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"split ratio must be in (0, 1], got {ratio}")
+        raise bad("split", ratio)
     step = split_step(intermediate_size)
     rows = max(step, round(ratio * intermediate_size / step) * step)
     return min(rows, intermediate_size)
@@ -66,7 +68,7 @@ class LayerPlan:
     def __post_init__(self):
         for name in ("bottom_on", "miss_on"):
             if getattr(self, name) not in WORKERS:
-                raise ValueError(f"LayerPlan.{name} must be one of {', '.join(WORKERS)}, got {getattr(self, name)!r}")
+                raise PlanError(f"LayerPlan.{name} must be one of {', '.join(WORKERS)}, got {getattr(self, name)!r}")
 
     def top_rows(self, intermediate_size: int) -> int:
         """The split rule: an expert's top segment is neurons [0, top), its bottom [top, I); 0 without slots."""

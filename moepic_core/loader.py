@@ -18,7 +18,7 @@ from transformers.core_model_loading import WeightRenaming, apply_renamings
 
 from .errors import ModelLoadError
 from .models import FamilyAdapter
-from .store import CheckpointReader
+from .weights import CheckpointReader
 
 
 def build_dense_model(config, adapter: FamilyAdapter, reader: CheckpointReader, dtype: torch.dtype,

@@ -22,7 +22,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from .fsutil import atomic_path
+from .fsutil import atomic_path, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ _state: dict = {}
 
 
 def kernel_dir() -> Path:
-    from .store import default_cache_dir
-
     return Path(os.environ.get("MOEPIC_KERNEL_DIR") or default_cache_dir() / "kernels")
 
 

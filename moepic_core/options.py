@@ -13,6 +13,7 @@ from .errors import OptionError
 from .spec import DTYPE_BYTES
 
 DTYPES = tuple(DTYPE_BYTES)  # "float32", "bfloat16", "float16"
+DEVICES = ("auto", "cpu", "cuda")  # the engine also takes "cuda:N"
 DEVICE_WORDS = "auto, cpu or cuda[:N]"
 
 RULES = {
@@ -30,6 +31,11 @@ RULES = {
     "max_context": "must be a whole number >= 1",
     "prefetch_extra": "must be a whole number >= 0",
     "port": "must be a port number in 1..65535",
+    "bandwidth_gbps": "must be a number of GB/s > 0",
+    "cpu_gbps": "must be a number of GB/s >= 0 (0: no CPU path)",
+    "prefetch_accuracy": "must be a recall in [0, 1]",
+    "api_queue": "must be a whole number >= 0",
+    "api_key": "must not be empty",
 }
 
 

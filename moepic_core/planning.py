@@ -24,7 +24,9 @@ import numpy as np
 
 from .cache.policies import AUTO, PARAMS
 from .costmodel import LINK_ONLY, PLACEMENTS, PREFETCH_CHUNK_BYTES, build_cost_model
+from .errors import TraceError
 from .layout import Layout, plan_layer
+from .options import bad
 from .replay import Curves, replay_curves
 from .solver import Solution, best_uniform, exact_optimum, layer_policies, mixed, optimize, restrict, uniform
 
@@ -32,10 +34,6 @@ AUTO_POLICIES = ("lru", "lfu", "lcp", "lcp-filtered", "reuse", "static")
 PER_LAYER_GAIN = 0.01
 SOLVED = 1  # policies solved in full after the uniform screening
 PEER_PLACEMENT = PLACEMENTS[:, 1] & ~PLACEMENTS[:, 2]  # misses on the CPU, no prefetch
-
-
-class TraceMismatch(ValueError):
-    """A routing trace whose layers or experts do not match the model's."""
 
 
 def fit_trace(trace, spec, resample: bool = False):
@@ -47,9 +45,9 @@ def fit_trace(trace, spec, resample: bool = False):
     shapes = (f"the trace has {trace.num_layers} MoE layers x {trace.num_experts} experts, {spec.name} has "
               f"{L} MoE layers x {E} experts")
     if trace.num_experts != E:
-        raise TraceMismatch(f"{shapes}: a trace fits only a model with as many experts")
+        raise TraceError(f"{shapes}: a trace fits only a model with as many experts")
     if not resample:
-        raise TraceMismatch(f"{shapes}; --resample-trace stretches its layers over the model's")
+        raise TraceError(f"{shapes}; --resample-trace stretches its layers over the model's")
     return trace.layers(np.arange(L) * trace.num_layers // L)
 
 
@@ -73,7 +71,7 @@ def model_accuracy(spec, trace, prefetch_accuracy: float | None) -> np.ndarray:
     L = spec.num_moe_layers
     if prefetch_accuracy is not None:
         if not 0.0 <= prefetch_accuracy <= 1.0:
-            raise ValueError(f"prefetch accuracy must be in [0, 1], got {prefetch_accuracy}")
+            raise bad("prefetch_accuracy", prefetch_accuracy)
         return np.full(L, float(prefetch_accuracy))
     recall = None if trace is None else trace.prediction_recall()
     if recall is None:

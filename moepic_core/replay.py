@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cache import Policy, make_policy
+from .errors import PlanError
 from .cache.policies import PARAMS
 from .trace import RoutingTrace
 
@@ -57,7 +58,7 @@ def replay_counts(trace: RoutingTrace, slots, policy: str | Policy = "lcp", **pa
     layer without a `profile` serves each half of the trace with the other half's counts."""
     slots = np.atleast_2d(np.asarray(slots, np.int64))
     if slots.shape[1] != trace.num_layers:
-        raise ValueError(f"slots for {slots.shape[1]} layers, trace has {trace.num_layers}")
+        raise PlanError(f"slots for {slots.shape[1]} layers, trace has {trace.num_layers}")
     if policy == ORACLE:
         counts = [[_belady_layer(trace.experts[:, l], c) for l, c in enumerate(row)] for row in slots]
         a = np.array(counts, np.int64).reshape(len(slots), trace.num_layers, 2)
@@ -122,7 +123,7 @@ def _replay(trace: RoutingTrace, slots: np.ndarray, pol: Policy):
 def _per_layer(trace: RoutingTrace, slots: np.ndarray, params: dict):
     names = list(params.get("layers") or [])
     if len(names) != trace.num_layers:
-        raise ValueError(f"per-layer policy needs {trace.num_layers} policy names, got {len(names)}")
+        raise PlanError(f"per-layer policy needs {trace.num_layers} policy names, got {len(names)}")
     hits, admitted = np.zeros(slots.shape, np.int64), np.zeros(slots.shape, np.int64)
     for name in dict.fromkeys(names):
         idx = [l for l, n in enumerate(names) if n == name]
@@ -186,8 +187,3 @@ def replay_curves(trace: RoutingTrace, policy: str = "lcp", sizes=None, **params
     admit = np.stack([np.interp(full, sizes, row) for row in (admitted / acts).T])
     hit = np.maximum.accumulate(hit, axis=1)  # more slots never hit less (cold-start noise aside)
     return Curves(hit=hit, admit=np.minimum(admit, 1.0 - hit))
-
-
-def hit_rate_curves(trace: RoutingTrace, policy: str = "lcp", sizes=None, **params) -> np.ndarray:
-    """h[l, C]: hit rate of layer l with C slots (C = 0..E); see `replay_curves`."""
-    return replay_curves(trace, policy, sizes, **params).hit

@@ -11,20 +11,21 @@ policy and keeps the fastest (with `--split auto`, the solver's choice, per laye
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import numpy as np
 
-from .cache.policies import AUTO, POLICIES
+from .cache.policies import AUTO
+from .cli_args import POLICY_CHOICES, load_trace, model_parser, resolve_cpu_gbps, resolve_model
 from .costmodel import build_cost_model, placement_index
+from .errors import MoepicError, PlanError
 from .layout import Layout, uniform_layout
-from .planning import AUTO_POLICIES, fit_trace, model_accuracy
-from .replay import ORACLE, activations, replay_counts
+from .options import exit_with, parsed, ratio_or_auto
+from .planning import AUTO_POLICIES, fit_trace, model_accuracy, solve_layout
+from .replay import activations, replay_counts
 from .trace import RoutingTrace
-
-POLICY_CHOICES = (AUTO, *(p for p in POLICIES if p != "per-layer"), ORACLE)
+from .units import GB
 
 
 def simulate(trace: RoutingTrace, spec, layout: Layout, *, policy: str = "lru", bandwidth_gbps: float = 25.0,
@@ -35,7 +36,7 @@ def simulate(trace: RoutingTrace, spec, layout: Layout, *, policy: str = "lru", 
     fit_trace(trace, spec)
     L = spec.num_moe_layers
     if len(layout.layers) != L:
-        raise ValueError(f"layout has {len(layout.layers)} layers, {spec.name} has {L} MoE layers")
+        raise PlanError(f"layout has {len(layout.layers)} layers, {spec.name} has {L} MoE layers")
     if policy == AUTO and not all(p.policy for p in layout.layers):
         return min((simulate(trace, spec, layout, policy=p, bandwidth_gbps=bandwidth_gbps, cpu_gbps=cpu_gbps,
                              quant=quant, dtype=dtype, prefetch_accuracy=prefetch_accuracy, compute_ms=compute_ms,
@@ -79,72 +80,14 @@ def uniform_split_layout(spec, cache_bytes: int, ratio: float, quant: str = "non
 
 # --- CLI ---------------------------------------------------------------------------------------
 
-def add_model_args(ap: argparse.ArgumentParser, trace_required: bool) -> None:
-    """Flags shared with `python -m moepic_core.solve`."""
-    ap.add_argument("--trace", required=trace_required, help="routing trace .npz")
-    ap.add_argument("--resample-trace", action="store_true",
-                    help="stretch a trace with another number of MoE layers over the model's (else refused)")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="model preset name")
-    src.add_argument("--model", help="model folder (config.json)")
-    bud = ap.add_mutually_exclusive_group(required=True)
-    bud.add_argument("--vram-gb", type=float, help="all the VRAM the engine may use (dense part, KV, staging, cache)")
-    bud.add_argument("--cache-gb", type=float, help="expert-cache budget")
-    ap.add_argument("--bandwidth-gbps", type=float, default=25.0, help="host-to-device GB/s (default 25, PCIe 4.0)")
-    ap.add_argument("--cpu-gbps", type=float, default=None,
-                    help="CPU expert-compute throughput, GB/s of weight bytes; 0: no CPU path "
-                         "(default: the hardware profile's, measured or assumed)")
-    ap.add_argument("--quant", choices=("none", "int8", "int4"), default="none")
-    ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
-    ap.add_argument("--prefetch-accuracy", type=float, default=None,
-                    help="predictor recall (default: measured from the trace's guesses, else 0)")
-    ap.add_argument("--json", action="store_true", help="print JSON")
-
-
-def resolve_model(args):
-    """(spec, budget) from --preset/--model and --vram-gb/--cache-gb (`budget.plan_budget`)."""
-    from .budget import plan_budget
-
-    if args.preset:
-        from .presets import get_preset
-        spec = get_preset(args.preset)
-    else:
-        try:
-            from .models import load_spec
-        except ImportError as exc:
-            raise ValueError(f"--model needs moepic_core.models.load_spec, not available here ({exc}); use --preset") from exc
-        spec = load_spec(args.model)
-    if args.cache_gb is not None and args.cache_gb < 0:
-        raise ValueError("--cache-gb must be >= 0")
-    return spec, plan_budget(spec, quant=args.quant, dtype=args.dtype,
-                             vram_bytes=None if args.vram_gb is None else int(args.vram_gb * 1e9),
-                             cache_bytes=None if args.cache_gb is None else int(args.cache_gb * 1e9))
-
-
-def resolve_cpu_gbps(args) -> tuple[float, str]:
-    """(--cpu-gbps, "given"), else the hardware profile's value and where it comes from."""
-    if args.cpu_gbps is not None:
-        if args.cpu_gbps < 0:
-            raise ValueError(f"--cpu-gbps must be >= 0 (0: no CPU path), got {args.cpu_gbps}")
-        return args.cpu_gbps, "given"
-    from .hardware import detect
-
-    hw = detect()
-    return hw.cpu_expert_gbps, hw.cpu_source
-
-
-def load_trace(args, spec) -> RoutingTrace:
-    """--trace, refused (one line naming both shapes) unless it fits `spec` or --resample-trace."""
-    return fit_trace(RoutingTrace.load(args.trace), spec, resample=args.resample_trace)
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m moepic_core.simulate", description=__doc__.splitlines()[0])
-    add_model_args(ap, trace_required=True)
-    ap.add_argument("--policy", choices=POLICY_CHOICES, default=AUTO,
+    ap = model_parser("python -m moepic_core.simulate", __doc__.splitlines()[0], trace_required=True)
+    ap.add_argument("--policy", type=parsed("policy", choices=POLICY_CHOICES), default=AUTO,
+                    metavar="{" + ",".join(POLICY_CHOICES) + "}",
                     help="cache policy, or auto (default): the fastest of them on this trace")
-    ap.add_argument("--split", default="auto", help="R in (0, 1]: every layer the same budget at ratio R, "
-                                                     "everything over the link; auto: the solver's layout (default)")
+    ap.add_argument("--split", type=parsed("split", ratio_or_auto), default="auto",
+                    help="R in (0, 1]: every layer the same budget at ratio R, everything over the link; "
+                         "auto: the solver's layout (default)")
     args = ap.parse_args(argv)
     try:
         spec, budget = resolve_model(args)
@@ -153,19 +96,17 @@ def main(argv=None) -> int:
         kw = dict(bandwidth_gbps=args.bandwidth_gbps, cpu_gbps=cpu, quant=args.quant, dtype=args.dtype,
                   prefetch_accuracy=args.prefetch_accuracy)
         if args.split == "auto":
-            from .planning import solve_layout
             layout = solve_layout(spec, budget.cache_bytes, trace=trace, policy=args.policy, **kw)
         else:
-            layout = uniform_split_layout(spec, budget.cache_bytes, float(args.split), args.quant, args.dtype)
+            layout = uniform_split_layout(spec, budget.cache_bytes, args.split, args.quant, args.dtype)
         report = simulate(trace, spec, layout, policy=args.policy, **kw)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except MoepicError as exc:
+        return exit_with(exc)
     report.update(model=spec.name, split=args.split, budget_note=budget.note())
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
-    print(f"{spec.name}  policy {report['policy']}  split {args.split}  cache {budget.cache_bytes / 1e9:.2f} GB "
+    print(f"{spec.name}  policy {report['policy']}  split {args.split}  cache {budget.cache_bytes / GB:.2f} GB "
           f"({budget.note()})  link {args.bandwidth_gbps:g} GB/s  CPU {cpu:g} GB/s  {report['tokens']} tokens")
     print(f"{'layer':>5} {'slots':>5} {'ratio':>6} {'policy':>12} {'bottom':>6} {'miss':>5} {'hit':>6} {'full':>6} "
           f"{'MB/tok':>8} {'ms':>8}")

@@ -10,15 +10,19 @@ model's sizes; the output says so.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from .cli_args import POLICY_CHOICES, load_trace, model_parser, resolve_cpu_gbps, resolve_model
+from .errors import MoepicError
+from .options import exit_with, parsed
+from .planning import solve_layout
+from .synthetic import synthetic_trace
+from .units import GB
 
 
 def default_trace(spec, tokens: int | None = None, seed: int = 0):
     """A synthetic calibration trace at the spec's sizes (fewer tokens for many-expert models)."""
-    from .synthetic import synthetic_trace
-
     if tokens is None:
         tokens = 512 if spec.num_experts * spec.top_k <= 64 else 256
     return synthetic_trace(tokens, spec.num_moe_layers, spec.num_experts, spec.top_k, seed=seed,
@@ -49,12 +53,9 @@ def print_layout(spec, layout, rows) -> None:
 
 
 def main(argv=None) -> int:
-    from .planning import solve_layout
-    from .simulate import POLICY_CHOICES, add_model_args, load_trace, resolve_cpu_gbps, resolve_model
-
-    ap = argparse.ArgumentParser(prog="python -m moepic_core.solve", description=__doc__.splitlines()[0])
-    add_model_args(ap, trace_required=False)
-    ap.add_argument("--policy", choices=POLICY_CHOICES, default="auto",
+    ap = model_parser("python -m moepic_core.solve", __doc__.splitlines()[0], trace_required=False)
+    ap.add_argument("--policy", type=parsed("policy", choices=POLICY_CHOICES), default="auto",
+                    metavar="{" + ",".join(POLICY_CHOICES) + "}",
                     help="cache policy, or auto (default): the best by replaying the trace; belady: the bound")
     args = ap.parse_args(argv)
     try:
@@ -64,9 +65,8 @@ def main(argv=None) -> int:
         layout = solve_layout(spec, budget.cache_bytes, bandwidth_gbps=args.bandwidth_gbps, cpu_gbps=cpu,
                               trace=trace, policy=args.policy, quant=args.quant, dtype=args.dtype,
                               prefetch_accuracy=args.prefetch_accuracy)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except MoepicError as exc:
+        return exit_with(exc)
     p, rows = layout.prediction, layer_rows(spec, layout)
     if args.json:
         print(json.dumps({"model": spec.name, "cache_bytes": budget.cache_bytes, "budget_note": budget.note(),
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                           "bytes_per_token": p["bytes_per_token"], "cpu_bytes_per_token": p["cpu_bytes_per_token"],
                           "baselines": p["baselines"], "solve_s": p["solve_s"]}, indent=1))
         return 0
-    print(f"{spec.name}  cache {budget.cache_bytes / 1e9:.2f} GB ({budget.note()})  link {args.bandwidth_gbps:g} GB/s  "
+    print(f"{spec.name}  cache {budget.cache_bytes / GB:.2f} GB ({budget.note()})  link {args.bandwidth_gbps:g} GB/s  "
           f"CPU {cpu:g} GB/s ({cpu_source})  quant {args.quant}  policy {args.policy}\n"
           f"trace: {p['trace']}  predictor recall {p['prefetch_accuracy']:.0%}")
     print_layout(spec, layout, rows)

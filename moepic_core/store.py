@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import struct
 import weakref
 import zlib
@@ -29,10 +28,10 @@ import numpy as np
 import torch
 
 from .errors import ModelLoadError
-from .fsutil import atomic_path
-from .models import read_safetensors_header, weight_files
+from .fsutil import atomic_path, default_cache_dir
 from .quant import encode_expert
 from .spec import ModelSpec
+from .weights import CheckpointReader
 
 log = logging.getLogger(__name__)
 
@@ -41,50 +40,6 @@ MAGIC = b"MOEPICX\x01"
 DATA_OFFSET = 1 << 16
 FULL_VERIFY_BYTES = 2 << 30
 SAMPLE = 1 << 20
-ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MOEPIC_CACHE_DIR") or Path.home() / ".cache" / "moepic")
-
-
-class CheckpointReader:
-    """Reads single tensors from a folder of safetensors files by offset, without mmap."""
-
-    def __init__(self, folder: Path):
-        self.entries = {}
-        for path in weight_files(folder):
-            header = read_safetensors_header(path)
-            with path.open("rb") as f:
-                base = 8 + struct.unpack("<Q", f.read(8))[0]
-            for key, info in header.items():
-                if key != "__metadata__":
-                    self.entries[key] = (path, base, info)
-        self.files = weight_files(folder)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.entries
-
-    def keys(self):
-        return self.entries.keys()
-
-    def get(self, key: str) -> torch.Tensor:
-        try:
-            path, base, info = self.entries[key]
-        except KeyError:
-            raise ModelLoadError(f"checkpoint has no tensor {key!r}") from None
-        if info["dtype"] not in ST_DTYPES:
-            raise ModelLoadError(f"tensor {key} has dtype {info['dtype']}, which the store cannot read")
-        start, stop = info["data_offsets"]
-        buf = bytearray(stop - start)
-        with open(path, "rb") as f:
-            f.seek(base + start)
-            if f.readinto(buf) != len(buf):
-                raise ModelLoadError(f"corrupt safetensors file {path}: tensor {key} is truncated")
-        return torch.frombuffer(buf, dtype=ST_DTYPES[info["dtype"]]).view(info["shape"])
-
-    def fingerprint(self) -> list:
-        return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.files]
 
 
 class ExpertStore:
@@ -127,7 +82,7 @@ class ExpertStore:
                       if getattr(adapter, "expert_biases", False) else None)
         fp = hashlib.sha256(json.dumps([STORE_VERSION, quant, dtype, reader.fingerprint(), list(spec.moe_layers),
                                         shape, bias_shape]).encode()).hexdigest()
-        path = Path(cache_dir or default_cache_dir()) / f"{spec.name}-{quant}-{dtype}-{fp[:16]}.experts"
+        path = Path(cache_dir or default_cache_dir()) / store_file_name(spec.name, quant, dtype, fp[:16])
         problem = check_cache(path, fp, shape, bias_shape) if path.exists() else "missing"
         if problem:
             if problem != "missing":
@@ -136,6 +91,18 @@ class ExpertStore:
                         bias_shape=bias_shape, progress=progress)
         data = map_cache(path, shape, pin=pin)
         return cls(data, spec, quant, dtype, path, read_biases(path, shape, bias_shape))
+
+
+def store_file_name(model: str, quant: str, dtype: str, fingerprint: str = "*") -> str:
+    """The cache file of a store; with the default fingerprint, a glob pattern for any version of it."""
+    return f"{model}-{quant}-{dtype}-{fingerprint}.experts"
+
+
+def store_is_built(cache_dir: Path, spec: ModelSpec, quant: str, dtype: str) -> bool:
+    """A packed store of this model, quant and dtype is already in `cache_dir` (checked in full at load)."""
+    need = spec.store_bytes(quant, dtype)
+    pattern = store_file_name(spec.name, quant, dtype)
+    return any(p.stat().st_size >= need for p in Path(cache_dir).expanduser().glob(pattern))
 
 
 def _header_bytes(header: dict) -> bytes:

@@ -16,15 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import MoepicError
+from .errors import TraceError
 from .fsutil import atomic_path
 
 
 NO_GUESS = -1  # in `predicted`: no guessed expert here
-
-
-class TraceError(MoepicError):
-    """A routing trace file is missing, unreadable or malformed."""
 
 
 @dataclass
@@ -152,12 +148,6 @@ class RoutingTrace:
             covered += (b[:, :, None] == guess[:, None, :]).any(axis=2).sum()
             total += b.size
         return float(covered / max(1, total))
-
-    def hit_rate_curves(self, policy: str = "lcp", **params) -> np.ndarray:
-        """h[l, C]: hit rate of layer l with C cached experts under `policy` (see `replay`)."""
-        from .replay import hit_rate_curves
-
-        return hit_rate_curves(self, policy, **params)
 
     def stats(self) -> dict:
         return {"tokens": self.num_tokens, "layers": self.num_layers, "num_experts": self.num_experts,

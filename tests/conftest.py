@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+from helpers import FAMILIES
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -10,9 +10,8 @@ from moepic_core.kernels import segment_forward
 from moepic_core.quant import decode_expert
 from moepic_core.testing import load_reference
 
-from conftest import FAMILIES
+from helpers import FAMILIES, check_engine_matches
 
-NEW_TOKENS = 24
 PROMPT = "hello world, the experts are cached"
 
 CONFIGS = {
@@ -22,24 +21,8 @@ CONFIGS = {
 }
 
 
-def reference_tokens(ref, ids):
-    out = ref.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return out[0, ids.shape[1]:].tolist()
-
-
 def quarter_cache_gb(spec):
     return 0.25 * spec.store_bytes("none", "float32") / 1e9
-
-
-def check_engine_matches(engine, ref, ids):
-    want = reference_tokens(ref, ids)
-    got = engine.generate(ids[0], NEW_TOKENS, stop_at_eos=False)
-    assert got == want
-    full = torch.cat([ids, torch.tensor([got])], dim=1)
-    with torch.no_grad():
-        ours = engine.model(full).logits[0, -1]
-        theirs = ref(full).logits[0, -1]
-    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0), (ours - theirs).abs().max()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

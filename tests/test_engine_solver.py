@@ -14,7 +14,7 @@ from moepic_core.models import load_spec
 from moepic_core.simulate import simulate
 from moepic_core.testing import load_reference
 
-from test_engine_exact import check_engine_matches
+from helpers import check_engine_matches
 
 
 def test_default_layout_is_solved_and_exact(tiny_models, cache_dir):
@@ -128,7 +128,7 @@ def test_one_budget_for_engine_and_solve(tiny_models):
     # the engine's budget and solve's come from budget.plan_budget: the same cache share of a VRAM budget
     from moepic_core.budget import plan_budget
     from moepic_core.presets import get_preset
-    from moepic_core.simulate import resolve_model
+    from moepic_core.cli_args import resolve_model
 
     folder = tiny_models["olmoe"]
     spec = load_spec(folder)

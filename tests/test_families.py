@@ -133,7 +133,7 @@ def test_dense_dtypes_follow_transformers(models):
 
     from moepic_core.loader import build_dense_model
     from moepic_core.models import load_config
-    from moepic_core.store import CheckpointReader
+    from moepic_core.weights import CheckpointReader
 
     folder = models["deepseek_v3"]
     config = load_config(folder)

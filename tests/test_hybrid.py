@@ -14,7 +14,7 @@ from moepic_core.layout import Layout, plan_layer
 from moepic_core.prefetch import LinkQueue
 from moepic_core.testing import load_reference
 
-from conftest import FAMILIES
+from helpers import FAMILIES
 
 PROMPT = "hello world, the experts are cached"
 

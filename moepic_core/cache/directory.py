@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..errors import PlanError
 from .policies import Policy
 
 
@@ -30,13 +31,13 @@ class Access:
 class CacheDirectory:
     def __init__(self, slots_per_layer: Sequence[int], policy: Policy):
         if len(slots_per_layer) != policy.num_layers:
-            raise ValueError(f"{len(slots_per_layer)} layers of slots for a policy over {policy.num_layers} layers")
+            raise PlanError(f"{len(slots_per_layer)} layers of slots for a policy over {policy.num_layers} layers")
         self.policy = policy
         self._layout(slots_per_layer)
 
     def _layout(self, slots_per_layer: Sequence[int]) -> None:
         if any(s < 0 for s in slots_per_layer):
-            raise ValueError(f"slot counts must be >= 0, got {list(slots_per_layer)}")
+            raise PlanError(f"slot counts must be >= 0, got {list(slots_per_layer)}")
         self.slots = [int(s) for s in slots_per_layer]
         self._maps: list[dict[int, int]] = [{} for _ in self.slots]  # expert -> slot
 
@@ -93,7 +94,7 @@ class CacheDirectory:
         """Re-lay out to new slot counts. With `keep`, each layer keeps its highest-priority experts
         that still fit, compacted to slots 0..n-1 in their old slot order. Returns layer -> {expert: slot}."""
         if len(slots_per_layer) != self.num_layers:
-            raise ValueError(f"resize to {len(slots_per_layer)} layers, directory has {self.num_layers}")
+            raise PlanError(f"resize to {len(slots_per_layer)} layers, directory has {self.num_layers}")
         kept = [self._ranked(l)[:max(0, int(n))] if keep else [] for l, n in enumerate(slots_per_layer)]
         old = self._maps
         self._layout(slots_per_layer)
@@ -116,6 +117,3 @@ class CacheDirectory:
                 self._maps[l][e] = slot
                 placed[l].append(e)
         return placed
-
-    def occupancy(self) -> list[int]:
-        return [len(m) for m in self._maps]

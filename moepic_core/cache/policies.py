@@ -26,6 +26,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..errors import PlanError
+from ..options import bad
+
 NEVER = -1  # `last` of an expert never touched
 
 
@@ -36,7 +39,7 @@ class Policy:
 
     def __init__(self, num_layers: int, num_experts: int, **params):
         if num_layers < 1 or num_experts < 1:
-            raise ValueError(f"a policy needs num_layers >= 1 and num_experts >= 1, got {num_layers}, {num_experts}")
+            raise PlanError(f"a policy needs num_layers >= 1 and num_experts >= 1, got {num_layers}, {num_experts}")
         if params:
             raise TypeError(f"policy {self.name!r} takes no parameters {sorted(params)}")
         self.num_layers = num_layers
@@ -106,7 +109,7 @@ class LCPPolicy(Policy):
     def __init__(self, num_layers: int, num_experts: int, rho: float = 0.25, tau: float = 128.0):
         super().__init__(num_layers, num_experts)
         if not 0.0 < rho <= 1.0 or tau <= 0:
-            raise ValueError(f"{self.name} needs 0 < rho <= 1 and tau > 0, got rho={rho}, tau={tau}")
+            raise PlanError(f"{self.name} needs 0 < rho <= 1 and tau > 0, got rho={rho}, tau={tau}")
         self.rho = rho
         self.tau = tau
 
@@ -154,7 +157,7 @@ class ReusePolicy(Policy):
     def __init__(self, num_layers: int, num_experts: int, prior: float = 4.0):
         super().__init__(num_layers, num_experts)
         if prior <= 0:
-            raise ValueError(f"reuse needs prior > 0, got {prior}")
+            raise PlanError(f"reuse needs prior > 0, got {prior}")
         self.prior = prior
         self.exposed = np.zeros((num_layers, self.GAPS + 2))  # expert-steps seen at each gap bucket
         self.used = np.zeros((num_layers, self.GAPS + 2))     # ... of which the expert was used
@@ -193,7 +196,7 @@ class StaticPolicy(Policy):
         if profile is None:
             profile = [[0] * num_experts for _ in range(num_layers)]
         if len(profile) != num_layers or any(len(row) != num_experts for row in profile):
-            raise ValueError(f"static profile must be {num_layers} layers x {num_experts} experts of counts")
+            raise PlanError(f"static profile must be {num_layers} layers x {num_experts} experts of counts")
         self.profile = np.array(profile, float)
 
     def scores(self, layers, experts) -> np.ndarray:
@@ -225,7 +228,7 @@ class PerLayerPolicy(Policy):
         super().__init__(num_layers, num_experts)
         layers = list(layers or [])
         if len(layers) != num_layers:
-            raise ValueError(f"per-layer policy needs {num_layers} policy names, got {len(layers)}")
+            raise PlanError(f"per-layer policy needs {num_layers} policy names, got {len(layers)}")
         unknown = set(params) - {k for names in PARAMS.values() for k in names}
         if unknown:
             raise TypeError(f"policy {self.name!r} takes no parameters {sorted(unknown)}")
@@ -268,7 +271,7 @@ class PerLayerPolicy(Policy):
 
 def _make_rule(name: str, num_layers: int, num_experts: int, params: dict) -> Policy:
     if name == PerLayerPolicy.name:
-        raise ValueError("a per-layer policy cannot nest another")
+        raise PlanError("a per-layer policy cannot nest another")
     return make_policy(name, num_layers, num_experts, **{k: v for k, v in params.items() if k in PARAMS.get(name, ())})
 
 
@@ -283,5 +286,5 @@ def make_policy(name: str, num_layers: int, num_experts: int, **params) -> Polic
     """Build the policy registered under `name`; unknown names get an error listing the valid ones."""
     cls = POLICIES.get(name)
     if cls is None:
-        raise ValueError(f"unknown cache policy {name!r}; choose one of {', '.join(sorted(POLICIES))}")
+        raise bad("policy", name, sorted(POLICIES))
     return cls(num_layers, num_experts, **params)

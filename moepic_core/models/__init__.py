@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from pathlib import Path
 
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..spec import ModelSpec
+from ..weights import read_safetensors_header, weight_files
 from .base import ExpertWeights, FamilyAdapter
 from .families import (DeepseekV2Adapter, DeepseekV3Adapter, Ernie45MoeAdapter, Glm4MoeAdapter, MixtralAdapter,
                        OlmoeAdapter, PhimoeAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter, Qwen35MoeAdapter)
@@ -79,32 +79,6 @@ def get_adapter(config) -> FamilyAdapter:
     except KeyError:
         raise UnsupportedModelError(
             f"architecture {config.model_type!r} is not supported; supported MoE families: {SUPPORTED}") from None
-
-
-def weight_files(folder: Path) -> list[Path]:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        has_bin = any(folder.glob("*.bin")) or any(folder.glob("*.pt"))
-        hint = " (only PyTorch .bin weights found: convert them to safetensors)" if has_bin else ""
-        raise ModelLoadError(f"no *.safetensors weights in {folder}{hint}")
-    return files
-
-
-def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets); validates the size."""
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n <= 0 or n > 100_000_000:
-                raise ValueError(f"header length {n}")
-            header = json.loads(f.read(n))
-        size = path.stat().st_size
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + n + end > size:
-            raise ValueError(f"file is truncated ({size} bytes, needs {8 + n + end})")
-        return header
-    except (OSError, ValueError, struct.error, KeyError, TypeError) as e:
-        raise ModelLoadError(f"corrupt safetensors file {path}: {e}") from e
 
 
 def tensor_shapes(folder: Path) -> dict[str, list[int]]:

@@ -131,9 +131,9 @@ class FamilyAdapter:
         checkpoint layouts)."""
         source = (self._sources or self.locate(reader.keys()))[layer]
         if isinstance(source, checkpoint.Fused):
-            gate_up = checkpoint.read_row(reader, source.gate_up, expert)  # [2I, H]
+            gate_up = reader.row(source.gate_up, expert)  # [2I, H]
             gate, up = gate_up.chunk(2, dim=0)
-            return ExpertWeights(gate, up, checkpoint.read_row(reader, source.down, expert))
+            return ExpertWeights(gate, up, reader.row(source.down, expert))
         return ExpertWeights(*(reader.get(key) for key in source.keys(expert)))
 
     # --- modules ------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ Two layouts cover the hub and `save_pretrained` for every family with plain expe
   per-expert: <stem>.<e>.{gate_proj|w1}.weight [I, H], .{up_proj|w3}.weight [I, H], .{down_proj|w2}.weight [H, I]
   fused     : <stem>.gate_up_proj [E, 2I, H] (gate rows, then up rows), <stem>.down_proj [E, H, I]
 where <stem> is "<prefix>.layers.<l>.<block>.experts" and the prefix is whatever the checkpoint uses
-("model", "model.language_model"). A fused expert is read as its own rows of the fused tensor, so
-packing never holds a whole layer. Families with other layouts (Granite-MoE, GPT-OSS) override the
+("model", "model.language_model"). A fused expert is read as its own row of the fused tensor
+(`CheckpointReader.row`), so packing never holds a whole layer. Families with other layouts (Granite-MoE, GPT-OSS) override the
 adapter's `locate`/`expert_weights`.
 """
 from __future__ import annotations
@@ -13,13 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import ModelLoadError
 
 EXPERT_KEY = re.compile(r"^(?P<stem>.+\.layers\.(?P<layer>\d+)\.\w+\.experts)\.(?:\d+\.\w+\.weight|(?:gate_up|down)_proj\w*)$")
 PER_EXPERT_NAMES = {"gate_proj": ("gate_proj", "up_proj", "down_proj"), "w1": ("w1", "w3", "w2")}
-READ_DTYPES = {"U8": torch.uint8}  # beyond the store's float dtypes: MXFP4 blocks and scales
 
 
 @dataclass(frozen=True)
@@ -60,25 +57,3 @@ def locate_layer(keys, stems: set[str], layer: int):
             return PerExpert(stem, names)
     raise ModelLoadError(f"layer {layer}: no per-expert ({stem}.0.gate_proj.weight) or fused "
                          f"({stem}.gate_up_proj) expert weights; unknown expert layout")
-
-
-def read_row(reader, key: str, index: int) -> torch.Tensor:
-    """`tensor[index]` of checkpoint tensor `key`, read alone (plain file read, no mmap)."""
-    from ..store import ST_DTYPES
-
-    try:
-        path, base, info = reader.entries[key]
-    except KeyError:
-        raise ModelLoadError(f"checkpoint has no tensor {key!r}") from None
-    dtype = ST_DTYPES.get(info["dtype"]) or READ_DTYPES.get(info["dtype"])
-    shape = info["shape"]
-    if dtype is None or not 0 <= index < shape[0]:
-        raise ModelLoadError(f"tensor {key} ({info['dtype']} {shape}) has no readable row {index}")
-    start, stop = info["data_offsets"]
-    row_bytes = (stop - start) // shape[0]
-    buf = bytearray(row_bytes)
-    with open(path, "rb") as f:
-        f.seek(base + start + index * row_bytes)
-        if f.readinto(buf) != row_bytes:
-            raise ModelLoadError(f"corrupt safetensors file {path}: tensor {key} is truncated")
-    return torch.frombuffer(buf, dtype=dtype).view(shape[1:])

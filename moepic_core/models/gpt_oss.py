@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 
 from ..errors import ModelLoadError
-from . import checkpoint
 from .base import ExpertWeights, FamilyAdapter
 
 # E2M1 code -> value: sign bit 3, exponent bits 2-1, mantissa bit 0
@@ -67,7 +66,7 @@ class GptOssAdapter(FamilyAdapter):
         stem = (self._sources or self.locate(reader.keys()))[layer]
 
         def row(name: str) -> torch.Tensor:
-            return checkpoint.read_row(reader, f"{stem}.{name}", expert)
+            return reader.row(f"{stem}.{name}", expert)
 
         if f"{stem}.gate_up_proj_blocks" in reader:
             gate_up = decode_mxfp4(row("gate_up_proj_blocks"), row("gate_up_proj_scales"))  # [2I, H]
