@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 
 from moepic_core.errors import GenerationError
-from moepic_core.stats import Totals
-from moepic_core.text import IncrementalDetokenizer, chat_input_ids
+from moepic_core.runtime.stats import Totals
+from moepic_core.runtime.text import IncrementalDetokenizer, chat_input_ids
 
 from app.openai_schema import APIError, GenerationRequest, bad
 from app.stop_strings import StopStrings

@@ -13,7 +13,7 @@ import time
 
 import gradio as gr
 import psutil
-from moepic_core.snapshot import Snapshot
+from moepic_core.runtime.snapshot import Snapshot
 
 from app import models
 from app.config import AppConfig, cpu_mode, default_vram_gb

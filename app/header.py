@@ -7,9 +7,9 @@ from app.panels import fmt_bytes
 
 
 def detect_hardware() -> dict:
-    """`moepic_core.hardware.detect().to_dict()` (gpu, vram_total_bytes, vram_free_bytes, driver,
+    """`moepic_core.runtime.hardware.detect().to_dict()` (gpu, vram_total_bytes, vram_free_bytes, driver,
     ram_total_bytes, ram_available_bytes, cpu_cores, cuda)."""
-    from moepic_core.hardware import detect
+    from moepic_core.runtime.hardware import detect
 
     return detect().to_dict()
 

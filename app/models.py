@@ -66,7 +66,7 @@ def engine_dtype(config, cpu: bool) -> str:
     """The dtype the engine will pick for this transformers config (or stand-in) on this device."""
     import torch
 
-    from moepic_core.engine import default_dtype
+    from moepic_core.runtime.engine import default_dtype
 
     return default_dtype(config, torch.device("cpu" if cpu else "cuda"))
 

@@ -1,4 +1,4 @@
-"""Live panels drawn from `engine.snapshot()` (a moepic_core.snapshot.Snapshot): plain functions, HTML
+"""Live panels drawn from `engine.snapshot()` (a moepic_core.runtime.snapshot.Snapshot): plain functions, HTML
 strings out, no gradio.
 
 Every function takes the snapshot (or None before a model is loaded) and returns HTML that renders
@@ -10,7 +10,7 @@ import base64
 import html
 import io
 
-from moepic_core.snapshot import LayerSnapshot, Snapshot
+from moepic_core.runtime.snapshot import LayerSnapshot, Snapshot
 from moepic_core.units import fmt_bytes  # noqa: F401 - the panels' byte format, shared with the engine
 
 # One colour per cache state; the same colours in the heatmap, the hit-rate chart and the legends.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from moepic_core.snapshot import Snapshot
-from moepic_core.stats import TokenRecord
+from moepic_core.runtime.snapshot import Snapshot
+from moepic_core.runtime.stats import TokenRecord
 
 KEEP_ROWS = 512  # decode rows a tab remembers for its chart (the last replies)
 

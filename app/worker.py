@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 from app.problems import problem_text
 from moepic_core.errors import BudgetError, MoepicError
 from moepic_core.units import GB
-from moepic_core.snapshot import Snapshot
+from moepic_core.runtime.snapshot import Snapshot
 
 SNAPSHOT_INTERVAL_S = 0.1  # panels refresh at most ~10 Hz while generating
 HEARTBEAT_S = 0.25  # an empty batch at least this often, so a cancelled handler can close the stream

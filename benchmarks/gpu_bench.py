@@ -113,8 +113,8 @@ def check_cuda_vs_cpu(tmp: Path, device: str) -> str:
 def kernel_rows(device: str, dtype: str, hidden: int, inter: int) -> list[dict]:
     """One expert per format: kernel ms (median of 10, batch 1), fetch ms (pinned host -> device),
     peak temporaries of the kernel on the device."""
-    from moepic_core.kernels import ExpertKernel
-    from moepic_core.quant import TORCH_DTYPES, encode_expert
+    from moepic_core.runtime.kernels import ExpertKernel
+    from moepic_core.runtime.quant import TORCH_DTYPES, encode_expert
 
     torch.manual_seed(0)
     w = [torch.randn(inter, hidden) * 0.02, torch.randn(inter, hidden) * 0.02, torch.randn(hidden, inter) * 0.02]

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from moepic_core import native  # noqa: E402
-from moepic_core.kernels import ExpertKernel  # noqa: E402
-from moepic_core.quant import encode_expert  # noqa: E402
+from moepic_core.runtime import native  # noqa: E402
+from moepic_core.runtime.kernels import ExpertKernel  # noqa: E402
+from moepic_core.runtime.quant import encode_expert  # noqa: E402
 
 INT4_GROUP = 64
 

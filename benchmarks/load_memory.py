@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
-import json, sys, psutil, torch, transformers, moepic_core.engine, moepic_core.solver
+import json, sys, psutil, torch, transformers, moepic_core.runtime.engine, moepic_core.plan.solver
 from moepic_core import Engine
 
 def high_water():  # VmHWM is per address space (ru_maxrss would carry the parent's peak across exec)

@@ -27,12 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moepic_core.budget import plan_budget  # noqa: E402
-from moepic_core.planning import AUTO_POLICIES, solve_layout  # noqa: E402
+from moepic_core.plan.planning import AUTO_POLICIES, solve_layout  # noqa: E402
 from moepic_core.presets import get_preset  # noqa: E402
-from moepic_core.replay import activations, replay_counts  # noqa: E402
-from moepic_core.simulate import simulate  # noqa: E402
-from moepic_core.synthetic import synthetic_trace  # noqa: E402
-from moepic_core.trace import RoutingTrace  # noqa: E402
+from moepic_core.plan.replay import activations, replay_counts  # noqa: E402
+from moepic_core.plan.simulate import simulate  # noqa: E402
+from moepic_core.plan.synthetic import synthetic_trace  # noqa: E402
+from moepic_core.plan.trace import RoutingTrace  # noqa: E402
 
 CARDS = (8, 12, 16, 24)
 CPUS = (40.0, 60.0)

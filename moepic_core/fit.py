@@ -89,9 +89,13 @@ class QuantFit:
         return text
 
 
-def quant_needs(spec, dtype: str, cpu: bool, cache_dir: Path) -> tuple[QuantNeed, ...]:
-    from .store import store_is_built  # the store names its files; imported here so this module needs no torch
+def store_is_built(cache_dir: Path, spec, quant: str, dtype: str) -> bool:
+    """A packed store of this model, quant and dtype is already in `cache_dir` (checked in full at load)."""
+    need = spec.store_bytes(quant, dtype)
+    return any(p.stat().st_size >= need for p in Path(cache_dir).expanduser().glob(spec.store_file(quant, dtype)))
 
+
+def quant_needs(spec, dtype: str, cpu: bool, cache_dir: Path) -> tuple[QuantNeed, ...]:
     dense = spec.dense_bytes(dtype) if cpu else 0
     return tuple(QuantNeed(q, spec.store_bytes(q, dtype), dense,
                            0 if store_is_built(cache_dir, spec, q, dtype) else spec.store_bytes(q, dtype))

@@ -88,6 +88,11 @@ class ModelSpec:
         """Host RAM for all routed experts."""
         return self.num_moe_layers * self.num_experts * self.expert_bytes(quant, dtype)
 
+    def store_file(self, quant: str, dtype: str, fingerprint: str = "*") -> str:
+        """The packed store's file name in the cache folder; with the default fingerprint, a glob
+        pattern for any version of it."""
+        return f"{self.name}-{quant}-{dtype}-{fingerprint}.experts"
+
     def dense_bytes(self, dtype: str = "float16") -> int:
         return self.dense_params * DTYPE_BYTES[dtype]
 

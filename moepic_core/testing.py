@@ -144,8 +144,8 @@ def fake_snapshot(layers: int, experts: int, tokens: int = 5):
     with 2 slots, experts cached full/top/not in turn, 3 hits (2 full, 1 top) and 1 miss each;
     `tokens` decode steps at 9 tok/s, hit rate 0.5 (full 0.3, top 0.2)."""
     from .budget import Budget
-    from .snapshot import LayerSnapshot, Snapshot
-    from .stats import TokenRecord, Totals
+    from .runtime.snapshot import LayerSnapshot, Snapshot
+    from .runtime.stats import TokenRecord, Totals
 
     rows = tuple(LayerSnapshot(
         layer=l, budget_bytes=1000 * (l + 1), split_ratio=0.5, slots=2, bottom_on="link", miss_on="link",

@@ -13,7 +13,7 @@ Plain transformers (eager experts, float32):
     previous token also used), real token order vs the same tokens shuffled.
 With --cli-check: the issue's check, `python -m moepic_core.chat --model demo --prompt "Good morrow, how fares
 the king?" --max-new-tokens 60`, its words counted. With --engine (needs `moepic_core.Engine`): held-out perplexity through the engine in float32, int8
-and int4, and a routing trace of decoded tokens saved beside the model (moepic_core.trace format).
+and int4, and a routing trace of decoded tokens saved beside the model (moepic_core.plan.trace format).
 """
 from __future__ import annotations
 
@@ -140,9 +140,9 @@ def reuse(experts: np.ndarray) -> float:
 
 def routing_table(trace: np.ndarray, num_experts: int, layers=None, seed: int = 0) -> list[dict]:
     """Per MoE layer (labelled by its decoder-layer index from `layers`): usage and locality stats.
-    The LRU hit rate replays the trace through the engine's own cache directory (moepic_core.replay)."""
-    from moepic_core.replay import activations, replay_hits
-    from moepic_core.trace import RoutingTrace
+    The LRU hit rate replays the trace through the engine's own cache directory (moepic_core.plan.replay)."""
+    from moepic_core.plan.replay import activations, replay_hits
+    from moepic_core.plan.trace import RoutingTrace
 
     T, L, k = trace.shape
     real = RoutingTrace(trace, num_experts=num_experts)
@@ -187,7 +187,7 @@ def engine_eval(folder: str, ids: torch.Tensor, trace_path: Path | None, trace_t
         if quant != "none":
             engine.close()
             continue
-        from moepic_core.text import chat_input_ids
+        from moepic_core.runtime.text import chat_input_ids
 
         engine.start_trace()
         seed = 0

@@ -54,8 +54,8 @@ def model_rows(spec, trace, gpu_dtype: str, cpu_dtype: str, cards=CARDS_GB) -> l
     """One row per quantization: RAM with a GPU (the store), RAM without one (store + dense part), the
     engine's minimum VRAM, and the modeled tok/s per card ("–": the card is below the minimum)."""
     from moepic_core.budget import plan_budget
-    from moepic_core.hardware import DEFAULT_CPU_GBPS
-    from moepic_core.planning import solve_layout
+    from moepic_core.runtime.hardware import DEFAULT_CPU_GBPS
+    from moepic_core.plan.planning import solve_layout
     from moepic_core.spec import DTYPE_BYTES, QUANTS
 
     rows = []
@@ -95,10 +95,10 @@ def markdown(spec, hub_id: str | None, rows: list[dict], cpu_dtype: str, cards=C
 
 def assumptions(gpu_dtype: str) -> str:
     from moepic_core.budget import CONTEXT_TOKENS
-    from moepic_core.costmodel import DEFAULT_DEVICE_GBPS
-    from moepic_core.hardware import DEFAULT_CPU_GBPS
+    from moepic_core.plan.costmodel import DEFAULT_DEVICE_GBPS
+    from moepic_core.runtime.hardware import DEFAULT_CPU_GBPS
 
-    return (f"Modeled, not measured: the solver's predicted decode time (`moepic_core.costmodel`) for its own "
+    return (f"Modeled, not measured: the solver's predicted decode time (`moepic_core.plan.costmodel`) for its own "
             f"layout (policy, split and placement per layer), with a PCIe 4.0 x16 link at {LINK_GBPS:g} GB/s, a "
             f"CPU that computes experts from RAM at {DEFAULT_CPU_GBPS:g} GB/s of weight bytes, GPU compute at "
             f"{DEFAULT_DEVICE_GBPS:g} GB/s of memory bandwidth, 16-bit weights on the GPU ({gpu_dtype} here), a KV "
@@ -112,7 +112,7 @@ def assumptions(gpu_dtype: str) -> str:
 def _rows_of(name: str, cards=CARDS_GB) -> tuple[list[dict], float]:
     """One preset's rows and the seconds they took (a top-level function: it runs in worker processes)."""
     from moepic_core.presets import PRESETS
-    from moepic_core.solve import default_trace
+    from moepic_core.cli.solve import default_trace
 
     spec, start = PRESETS[name], time.perf_counter()
     return model_rows(spec, default_trace(spec), *dtypes(), cards), time.perf_counter() - start

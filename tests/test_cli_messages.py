@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moepic_core.chat import main, summary
+from moepic_core.cli.chat import main, summary
 
 
 @pytest.mark.parametrize("flag, value, expected", [

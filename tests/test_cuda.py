@@ -59,8 +59,8 @@ def test_cuda_peak_memory_stays_within_the_budget(tmp_path, quant):
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_cuda_kernels_match_the_cpu_kernels(quant):
-    from moepic_core.kernels import ExpertKernel
-    from moepic_core.quant import encode_expert
+    from moepic_core.runtime.kernels import ExpertKernel
+    from moepic_core.runtime.quant import encode_expert
 
     torch.manual_seed(0)
     rows = encode_expert(torch.randn(128, 256) * 0.05, torch.randn(128, 256) * 0.05, torch.randn(256, 128) * 0.05,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from moepic_core import Engine
-from moepic_core.kernels import segment_forward
-from moepic_core.quant import decode_expert
+from moepic_core.runtime.kernels import segment_forward
+from moepic_core.runtime.quant import decode_expert
 from moepic_core.testing import load_reference
 
 from helpers import FAMILIES, check_engine_matches

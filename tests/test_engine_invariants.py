@@ -8,7 +8,7 @@ import torch
 
 from moepic_core import Engine
 from moepic_core.models import load_spec
-from moepic_core.trace import NO_GUESS
+from moepic_core.plan.trace import NO_GUESS
 
 PROMPT = "the quick brown fox"
 

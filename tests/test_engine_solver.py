@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from moepic_core import Engine
-from moepic_core.calibrate import trace_path
+from moepic_core.runtime.calibrate import trace_path
 from moepic_core.config import EngineConfig
 from moepic_core.models import load_spec
-from moepic_core.simulate import simulate
+from moepic_core.plan.simulate import simulate
 from moepic_core.testing import load_reference
 
 from helpers import check_engine_matches
@@ -109,7 +109,7 @@ def test_static_policy_pins_the_profiled_experts(tiny_models, cache_dir):
 def test_without_prefetch_the_solver_gets_no_recall(tiny_models, cache_dir, tmp_path):
     import shutil
 
-    from moepic_core.synthetic import synthetic_trace
+    from moepic_core.plan.synthetic import synthetic_trace
 
     folder = shutil.copytree(tiny_models["mixtral"], tmp_path / "model")
     spec = load_spec(folder)
@@ -128,7 +128,7 @@ def test_one_budget_for_engine_and_solve(tiny_models):
     # the engine's budget and solve's come from budget.plan_budget: the same cache share of a VRAM budget
     from moepic_core.budget import plan_budget
     from moepic_core.presets import get_preset
-    from moepic_core.cli_args import resolve_model
+    from moepic_core.cli.cli_args import resolve_model
 
     folder = tiny_models["olmoe"]
     spec = load_spec(folder)

@@ -19,7 +19,7 @@ import torch
 from moepic_core import Engine, chat
 from moepic_core.models import ADAPTERS, get_adapter, load_spec
 from moepic_core.testing import load_reference, make_tiny_model, tiny_config
-from moepic_core.text import chat_input_ids
+from moepic_core.runtime.text import chat_input_ids
 
 NEW_FAMILIES = ("qwen3_5_moe", "qwen3_5_moe_vl", "deepseek_v2", "deepseek_v3", "glm4_moe", "phimoe",
                 "granitemoe", "ernie4_5_moe", "gpt_oss")
@@ -131,9 +131,9 @@ def test_dense_dtypes_follow_transformers(models):
     """In half precision, what the family keeps in float32 (routers, score biases) stays float32."""
     from transformers import AutoModelForCausalLM
 
-    from moepic_core.loader import build_dense_model
+    from moepic_core.runtime.loader import build_dense_model
     from moepic_core.models import load_config
-    from moepic_core.weights import CheckpointReader
+    from moepic_core.runtime.weights import CheckpointReader
 
     folder = models["deepseek_v3"]
     config = load_config(folder)

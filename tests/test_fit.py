@@ -103,7 +103,7 @@ def test_engine_loads_the_quant_that_fits(tiny_models, monkeypatch, cache_dir):
 
 
 def test_cli_says_the_choice_and_refuses_an_explicit_one_in_one_line(tiny_models, monkeypatch, capsys, cache_dir):
-    from moepic_core.chat import main
+    from moepic_core.cli.chat import main
 
     folder = str(tiny_models["mixtral"])
     fake_ram(monkeypatch, folder, "int4")

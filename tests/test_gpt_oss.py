@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from moepic_core import Engine
 from moepic_core.models import get_adapter, load_config, load_spec
 from moepic_core.models.gpt_oss import decode_mxfp4
-from moepic_core.weights import CheckpointReader
+from moepic_core.runtime.weights import CheckpointReader
 from moepic_core.testing import load_reference, make_tiny_model
 
 # OCP MX E2M1 values of the 16 codes (sign bit, 2 exponent bits, 1 mantissa bit), from the format spec

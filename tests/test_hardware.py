@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from moepic_core.hardware import DEFAULT_BANDWIDTH_GBPS, DEFAULT_CPU_GBPS, HardwareProfile, cpu_gbps_from_timing, detect
+from moepic_core.runtime.hardware import DEFAULT_BANDWIDTH_GBPS, DEFAULT_CPU_GBPS, HardwareProfile, cpu_gbps_from_timing, detect
 
 
 def cuda_available():
@@ -25,7 +25,7 @@ def test_detect_without_measuring():
 
 
 def test_cpu_profile_says_so(monkeypatch):
-    import moepic_core.hardware as hw
+    import moepic_core.runtime.hardware as hw
     monkeypatch.setattr(hw, "_nvml", lambda: {})
     monkeypatch.setattr(hw, "_cuda_available", lambda: False)
     prof = hw.detect(measure=True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from moepic_core import Engine
-from moepic_core.cache.pool import Transfer
-from moepic_core.kernels import ExpertKernel
+from moepic_core.runtime.pool import Transfer
+from moepic_core.runtime.kernels import ExpertKernel
 from moepic_core.layout import Layout, plan_layer
-from moepic_core.prefetch import LinkQueue
+from moepic_core.runtime.prefetch import LinkQueue
 from moepic_core.testing import load_reference
 
 from helpers import FAMILIES
@@ -111,7 +111,7 @@ def test_prefetch_counts_moved_dropped_and_wasted_bytes(tiny_models):
 
 
 def test_staging_reuses_the_least_recently_released_buffer():
-    from moepic_core.cache.pool import Staging
+    from moepic_core.runtime.pool import Staging
 
     staging, transfer = Staging(3, 4, 8, torch.device("cpu")), Transfer(torch.device("cpu"))
     rows = torch.ones(4, 8, dtype=torch.uint8)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from moepic_core import Engine
-from moepic_core.cache.pool import Staging
+from moepic_core.runtime.pool import Staging
 from moepic_core.errors import BudgetError
-from moepic_core.kernels import ExpertKernel, PackedLinear
+from moepic_core.runtime.kernels import ExpertKernel, PackedLinear
 from moepic_core.models import DEMO_MODEL_DIR
 from moepic_core.testing import load_reference, make_tiny_model
 
@@ -56,7 +56,7 @@ def test_in_place_has_no_cache_to_resize(engine):
 
 
 def test_demo_and_a_given_budget_stay_simulated(tiny_models):
-    from moepic_core.engine import resolve_cpu_mode
+    from moepic_core.runtime.engine import resolve_cpu_mode
     from moepic_core.config import EngineConfig
 
     cpu = torch.device("cpu")

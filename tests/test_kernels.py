@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-from moepic_core import native
-from moepic_core.kernels import Activation, ExpertKernel, PackedLinear, segment_forward
+from moepic_core.runtime import native
+from moepic_core.runtime.kernels import Activation, ExpertKernel, PackedLinear, segment_forward
 from moepic_core.layout import split_rows
-from moepic_core.quant import decode_expert, decode_matrix, encode_expert, encode_matrix, fake_quantize
+from moepic_core.runtime.quant import decode_expert, decode_matrix, encode_expert, encode_matrix, fake_quantize
 from moepic_core.spec import row_bytes
 
 FORMATS = [("none", "float32"), ("none", "bfloat16"), ("none", "float16"), ("int8", "bfloat16"),

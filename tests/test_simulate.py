@@ -6,13 +6,13 @@ import pytest
 
 from moepic_core.cache import CacheDirectory, make_policy
 from moepic_core.layout import Layout, LayerPlan, uniform_layout
-from moepic_core.planning import solve_layout
+from moepic_core.plan.planning import solve_layout
 from moepic_core.presets import get_preset
-from moepic_core.replay import activations, replay_counts, replay_hits
-from moepic_core.simulate import main as simulate_main
-from moepic_core.simulate import simulate
-from moepic_core.synthetic import synthetic_trace
-from moepic_core.trace import RoutingTrace
+from moepic_core.plan.replay import activations, replay_counts, replay_hits
+from moepic_core.plan.simulate import main as simulate_main
+from moepic_core.plan.simulate import simulate
+from moepic_core.plan.synthetic import synthetic_trace
+from moepic_core.plan.trace import RoutingTrace
 
 # One layer, 5 experts, top-2, 3 slots:
 TOKENS = [[0, 1], [2, 3], [0, 4], [0, 1], [2, 4], [0, 3]]

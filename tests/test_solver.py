@@ -7,11 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from moepic_core.costmodel import PLACEMENTS, CostModel, placement_index
-from moepic_core.planning import choose, model_cost, solve_layout
+from moepic_core.plan.costmodel import PLACEMENTS, CostModel, placement_index
+from moepic_core.plan.planning import choose, model_cost, solve_layout
 from moepic_core.presets import get_preset
-from moepic_core.solver import best_uniform, configs, exact_optimum, optimize, uniform
-from moepic_core.synthetic import synthetic_trace
+from moepic_core.plan.solver import configs, exact_optimum, optimize, uniform
+from moepic_core.plan.synthetic import synthetic_trace
 
 LINK, LINK_PF = placement_index(False, False, False), placement_index(False, False, True)
 
@@ -238,7 +238,7 @@ def test_exact_dp_entry_point_matches_on_small_spec(mixtral_trace):
 
 
 def test_solve_cli_done_when(capsys):
-    from moepic_core.solve import main
+    from moepic_core.cli.solve import main
     assert main(["--preset", "mixtral-8x7b", "--vram-gb", "12", "--quant", "int4", "--bandwidth-gbps", "25",
                  "--cpu-gbps", "60", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -252,7 +252,7 @@ def test_solve_cli_done_when(capsys):
 
 
 def test_solve_cli_text_and_errors(tmp_path, capsys):
-    from moepic_core.solve import main
+    from moepic_core.cli.solve import main
     path = tmp_path / "t.npz"
     spec = get_preset("deepseek-v2-lite")  # first decoder layer dense: MoE layers print as 1..26
     synthetic_trace(30, spec.num_moe_layers, spec.num_experts, spec.top_k, seed=2).save(path)

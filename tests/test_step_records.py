@@ -10,9 +10,9 @@ import pytest
 from moepic_core import Engine
 from moepic_core.layout import ADMITTED, HIT, MISS, LayerPlan
 from moepic_core.models import load_spec
-from moepic_core.snapshot import Snapshot
-from moepic_core.step import LayerStep, Routing
-from moepic_core.trace import NO_GUESS, TraceRecorder
+from moepic_core.runtime.snapshot import Snapshot
+from moepic_core.runtime.step import LayerStep, Routing
+from moepic_core.plan.trace import NO_GUESS, TraceRecorder
 
 PROMPT = "the quick brown fox"
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 from moepic_core import Engine
-from moepic_core.quant import decode_expert
+from moepic_core.runtime.quant import decode_expert
 from moepic_core.testing import load_reference
 
 

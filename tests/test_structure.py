@@ -78,14 +78,14 @@ def test_the_cycle_finder_sees_a_cycle_through_a_function_import():
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     tree = ast.parse("def f():\n    from . import store\n")
-    known = {"moepic_core", "moepic_core.native", "moepic_core.store"}
-    edges = [t for node in ast.walk(tree) for t in imported("moepic_core.native", False, node, known)]
-    assert edges == ["moepic_core.store"]
+    known = {"moepic_core", "moepic_core.runtime.native", "moepic_core.runtime.store"}
+    edges = [t for node in ast.walk(tree) for t in imported("moepic_core.runtime.native", False, node, known)]
+    assert edges == ["moepic_core.runtime.store"]
 
 
 def test_moepic_core_has_no_import_cycle():
     graph = import_graph()
-    assert "moepic_core.engine" in graph and "moepic_core.models.base" in graph
+    assert "moepic_core.runtime.engine" in graph and "moepic_core.models.base" in graph
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -119,3 +119,31 @@ def test_every_error_class_lives_in_errors_py():
             if is_error and name != f"{PACKAGE}.errors":
                 elsewhere.append(f"{name}.{node.name}")
     assert elsewhere == []
+
+
+TORCH_LAYERS = ("moepic_core.runtime", "moepic_core.models", "moepic_core.testing")
+COMMAND_LINES = ("moepic_core.cli", "moepic_core.chat", "moepic_core.solve", "moepic_core.simulate")
+
+
+def plain_modules() -> list[str]:
+    """The base modules, cache/ and plan/: everything but the torch layers, the command lines and the
+    package itself (whose `Engine` attribute loads the runtime on first use)."""
+    return sorted(n for n in modules() if n != PACKAGE and not n.startswith(TORCH_LAYERS + COMMAND_LINES))
+
+
+def test_the_plain_layers_never_import_the_runtime():
+    graph = import_graph()
+    reach = {name: [t for t in graph[name] if t.startswith(TORCH_LAYERS + COMMAND_LINES)] for name in plain_modules()}
+    assert {name: targets for name, targets in reach.items() if targets} == {}
+    assert "moepic_core.plan.solver" in reach and "moepic_core.cache.policies" in reach and "moepic_core.fit" in reach
+
+
+def test_the_plain_layers_and_the_planning_commands_import_without_torch():
+    import subprocess
+    import sys
+
+    names = plain_modules() + ["moepic_core.solve", "moepic_core.simulate"]
+    code = ("import importlib, sys\nsys.modules['torch'] = None  # any import of torch fails\n"
+            f"for name in {names!r}:\n    importlib.import_module(name)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from moepic_core.synthetic import MIXTRAL_TARGETS, calibration_report, synthetic_trace
-from moepic_core.trace import RoutingTrace, TraceError
+from moepic_core.plan.synthetic import MIXTRAL_TARGETS, calibration_report, synthetic_trace
+from moepic_core.plan.trace import RoutingTrace, TraceError
 
 
 def test_roundtrip(tmp_path):

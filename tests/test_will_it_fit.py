@@ -38,7 +38,7 @@ def test_a_card_budget_is_the_card_minus_the_apps_reserve(script):
 
 def test_rows_for_a_small_model(script):
     from moepic_core.presets import PRESETS
-    from moepic_core.solve import default_trace
+    from moepic_core.cli.solve import default_trace
 
     spec = PRESETS["olmoe-1b-7b"]
     rows = script.model_rows(spec, default_trace(spec, tokens=64), "bfloat16", "bfloat16", cards=(1, 8))

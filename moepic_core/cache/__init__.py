@@ -1,4 +1,4 @@
-"""Expert cache bookkeeping: policies and the slot directory (plain Python). The tensor slot pool is `pool`."""
+"""Expert cache bookkeeping: policies and the slot directory (plain Python). The tensor slot pool is runtime/pool.py."""
 from .directory import Access, CacheDirectory
 from .policies import AUTO, POLICIES, POLICY_CHOICES, LCPPolicy, LFUPolicy, LRUPolicy, Policy, StaticPolicy, make_policy
 

@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 
 from ..errors import ModelLoadError, UnsupportedModelError
+from ..runtime.weights import read_safetensors_header, weight_files
 from ..spec import ModelSpec
-from ..weights import read_safetensors_header, weight_files
-from .base import ExpertWeights, FamilyAdapter
+from .base import FamilyAdapter
 from .families import (DeepseekV2Adapter, DeepseekV3Adapter, Ernie45MoeAdapter, Glm4MoeAdapter, MixtralAdapter,
                        OlmoeAdapter, PhimoeAdapter, Qwen2MoeAdapter, Qwen3MoeAdapter, Qwen35MoeAdapter)
 from .gpt_oss import GptOssAdapter

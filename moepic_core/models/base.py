@@ -118,7 +118,7 @@ class FamilyAdapter:
     def activation(self, model):
         """The experts' h = glu(gate, up) (kernels.Activation): by the config's hidden_act where the
         native kernels know it, else the experts module's own act_fn (torch computes those)."""
-        from ..kernels import Activation
+        from ..runtime.kernels import Activation
 
         act = str(getattr(self.text_config, "hidden_act", "silu"))
         name = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}.get(act)

@@ -49,7 +49,7 @@ class GptOssAdapter(FamilyAdapter):
         return {"alpha": float(self.text_config.swiglu_alpha), "limit": float(self.text_config.swiglu_limit)}
 
     def activation(self, model):
-        from ..kernels import Activation
+        from ..runtime.kernels import Activation
 
         return Activation("clamped_swiglu", **self.swiglu)
 

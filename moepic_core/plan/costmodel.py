@@ -51,9 +51,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layout import SPLIT_CHUNKS, split_rows, split_step
-from .options import bad
-from .spec import ModelSpec
+from ..layout import SPLIT_CHUNKS, split_rows, split_step
+from ..options import bad
+from ..spec import ModelSpec
 
 DEFAULT_DEVICE_GBPS = 400.0  # device memory bandwidth for the default compute times (RTX 3060 360, 4070 504)
 CPU_HOP_MS = 0.05            # a layer that uses the CPU: hidden vector to the host, result back, worker wake-up

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import WeightRenaming, apply_renamings
 
-from .errors import ModelLoadError
-from .models import FamilyAdapter
+from ..errors import ModelLoadError
+from ..models import FamilyAdapter
 from .weights import CheckpointReader
 
 

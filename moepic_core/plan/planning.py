@@ -22,11 +22,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from .cache.policies import AUTO, PARAMS
+from ..cache.policies import AUTO, PARAMS
+from ..errors import TraceError
+from ..layout import Layout, plan_layer
+from ..options import bad
 from .costmodel import LINK_ONLY, PLACEMENTS, PREFETCH_CHUNK_BYTES, build_cost_model
-from .errors import TraceError
-from .layout import Layout, plan_layer
-from .options import bad
 from .replay import Curves, replay_curves
 from .solver import Solution, best_uniform, exact_optimum, layer_policies, mixed, optimize, restrict, uniform
 

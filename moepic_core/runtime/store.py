@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ModelLoadError
-from .fsutil import atomic_path, default_cache_dir
+from ..errors import ModelLoadError
+from ..fsutil import atomic_path, default_cache_dir
+from ..spec import ModelSpec
 from .quant import encode_expert
-from .spec import ModelSpec
 from .weights import CheckpointReader
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class ExpertStore:
                       if getattr(adapter, "expert_biases", False) else None)
         fp = hashlib.sha256(json.dumps([STORE_VERSION, quant, dtype, reader.fingerprint(), list(spec.moe_layers),
                                         shape, bias_shape]).encode()).hexdigest()
-        path = Path(cache_dir or default_cache_dir()) / store_file_name(spec.name, quant, dtype, fp[:16])
+        path = Path(cache_dir or default_cache_dir()) / spec.store_file(quant, dtype, fp[:16])
         problem = check_cache(path, fp, shape, bias_shape) if path.exists() else "missing"
         if problem:
             if problem != "missing":
@@ -91,18 +91,6 @@ class ExpertStore:
                         bias_shape=bias_shape, progress=progress)
         data = map_cache(path, shape, pin=pin)
         return cls(data, spec, quant, dtype, path, read_biases(path, shape, bias_shape))
-
-
-def store_file_name(model: str, quant: str, dtype: str, fingerprint: str = "*") -> str:
-    """The cache file of a store; with the default fingerprint, a glob pattern for any version of it."""
-    return f"{model}-{quant}-{dtype}-{fingerprint}.experts"
-
-
-def store_is_built(cache_dir: Path, spec: ModelSpec, quant: str, dtype: str) -> bool:
-    """A packed store of this model, quant and dtype is already in `cache_dir` (checked in full at load)."""
-    need = spec.store_bytes(quant, dtype)
-    pattern = store_file_name(spec.name, quant, dtype)
-    return any(p.stat().st_size >= need for p in Path(cache_dir).expanduser().glob(pattern))
 
 
 def _header_bytes(header: dict) -> bytes:

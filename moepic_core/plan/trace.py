@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import TraceError
-from .fsutil import atomic_path
+from ..errors import TraceError
+from ..fsutil import atomic_path
 
 
 NO_GUESS = -1  # in `predicted`: no guessed expert here

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .spec import CHUNK, DTYPE_BYTES, QUANT_GROUP, chunk_neurons, row_bytes
+from ..spec import CHUNK, DTYPE_BYTES, QUANT_GROUP, chunk_neurons, row_bytes
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -22,7 +22,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from .fsutil import atomic_path, default_cache_dir
+from ..fsutil import atomic_path, default_cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Text around the engine: chat prompts to token ids, and streaming detokenisation."""
 from __future__ import annotations
 
-from .errors import GenerationError
+from ..errors import GenerationError
 
 
 def chat_input_ids(tokenizer, messages: list[dict]) -> list[int]:

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import argparse
 
-from .budget import plan_budget
-from .cache.policies import AUTO, POLICIES
-from .options import DTYPES, OneLineParser, bad, parsed
-from .planning import fit_trace
-from .presets import get_preset
-from .replay import ORACLE
-from .spec import QUANTS
-from .trace import RoutingTrace
-from .units import GB
+from ..budget import plan_budget
+from ..cache.policies import AUTO, POLICIES
+from ..options import DTYPES, OneLineParser, bad, parsed
+from ..plan.planning import fit_trace
+from ..plan.replay import ORACLE
+from ..plan.trace import RoutingTrace
+from ..presets import get_preset
+from ..spec import QUANTS
+from ..units import GB
 
 POLICY_CHOICES = (AUTO, *(p for p in POLICIES if p != "per-layer"), ORACLE)
 
@@ -48,7 +48,7 @@ def model_parser(prog: str, description: str, trace_required: bool) -> argparse.
 
 def resolve_model(args):
     """(spec, budget) from --preset/--model and --vram-gb/--cache-gb (`budget.plan_budget`)."""
-    from .models import load_spec  # needs torch: imported for --model only
+    from ..models import load_spec  # needs torch: imported for --model only
 
     spec = get_preset(args.preset) if args.preset else load_spec(args.model)
     for name in ("vram_gb", "cache_gb"):
@@ -66,7 +66,7 @@ def resolve_cpu_gbps(args) -> tuple[float, str]:
         if not args.cpu_gbps >= 0:
             raise bad("cpu_gbps", args.cpu_gbps)
         return args.cpu_gbps, "given"
-    from .hardware import detect  # probes the machine: only when the flag is not given
+    from ..runtime.hardware import detect  # probes the machine: only when the flag is not given
 
     hw = detect()
     return hw.cpu_expert_gbps, hw.cpu_source

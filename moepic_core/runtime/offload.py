@@ -34,16 +34,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .budget import staging_experts
-from .cache import CacheDirectory, make_policy
-from .cache.pool import SlotPool, Staging, Transfer
+from ..budget import staging_experts
+from ..cache import CacheDirectory, make_policy
+from ..layout import ADMITTED, HIT, MISS, Layout
+from ..plan.trace import TraceRecorder
 from .cpu_worker import CpuWorker
 from .kernels import SILU, Activation, ExpertKernel
-from .layout import ADMITTED, HIT, MISS, Layout
+from .pool import SlotPool, Staging, Transfer
 from .prefetch import LinkQueue, Prefetcher
 from .stats import EngineStats
 from .step import CacheActivity, LayerStep, Routing
-from .trace import TraceRecorder
 
 PREFETCH_CHUNK_BYTES = 8 << 20  # costmodel.PREFETCH_CHUNK_BYTES: what the solver assumes
 

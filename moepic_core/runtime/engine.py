@@ -15,25 +15,26 @@ from pathlib import Path
 
 import torch
 
-from . import models, native
-from .budget import Budget, plan_budget
-from .cache.policies import AUTO
-from .config import EngineConfig
-from .errors import BudgetError, GenerationError, MoepicError, OutOfMemoryError
-from .fit import fit_quant
-from .fsutil import default_cache_dir
+from .. import models
+from ..budget import Budget, plan_budget
+from ..cache.policies import AUTO
+from ..config import EngineConfig
+from ..errors import BudgetError, GenerationError, MoepicError, OutOfMemoryError
+from ..fit import fit_quant
+from ..fsutil import default_cache_dir
+from ..layout import Layout, uniform_layout
+from ..options import bad
+from ..plan.trace import RoutingTrace, TraceRecorder
+from ..units import GB
+from . import native
 from .generation import SamplingConfig, decode_tokens
 from .kernels import pack_dense_linears, torch_workspace_bytes
-from .layout import Layout, uniform_layout
-from .options import bad
 from .loader import build_dense_model
 from .offload import ExpertRuntime, OffloadedExperts
 from .quant import TORCH_DTYPES, dtype_name
 from .snapshot import Snapshot
 from .store import ExpertStore
 from .text import IncrementalDetokenizer, chat_input_ids
-from .trace import RoutingTrace, TraceRecorder
-from .units import GB
 from .weights import CheckpointReader
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ class Engine:
             if budget.cache_bytes <= 0 and cpu_gbps > hw.bandwidth_gbps:  # no cache: misses where they are fastest
                 layout.layers = [dataclasses.replace(p, miss_on="cpu") for p in layout.layers]
             return layout
-        from .planning import solve_layout
+        from ..plan.planning import solve_layout
 
         layout = solve_layout(self.spec, budget.cache_bytes, bandwidth_gbps=hw.bandwidth_gbps, cpu_gbps=cpu_gbps,
                               trace=self._calibrated(), policy=cfg.policy, quant=cfg.quant, dtype=self.dtype,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..fsutil import atomic_write_text, default_cache_dir
 from . import native
-from .fsutil import atomic_write_text, default_cache_dir
 from .kernels import ExpertKernel
 from .quant import TORCH_DTYPES, encode_expert
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..spec import chunk_neurons, row_bytes
 from . import native
 from .quant import TORCH_DTYPES, code_bytes, decode_expert, decode_matrix, encode_matrix, fake_quantize
-from .spec import chunk_neurons, row_bytes
 
 CHUNK_BYTES = 32 << 20  # fp32 weights decoded per step on the torch path
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cache import Policy, make_policy
-from .errors import PlanError
-from .cache.policies import PARAMS
+from ..cache import Policy, make_policy
+from ..cache.policies import PARAMS
+from ..errors import PlanError
 from .trace import RoutingTrace
 
 ORACLE = "belady"

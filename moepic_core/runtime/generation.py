@@ -23,7 +23,7 @@ class SamplingConfig:
     min_new_tokens: int = 0  # the end-of-reply tokens are banned before this many new tokens (as transformers does)
 
     def __post_init__(self):
-        from .options import bad
+        from ..options import bad
 
         for name, ok in (("temperature", self.temperature >= 0), ("top_p", 0 < self.top_p <= 1),
                          ("top_k", self.top_k >= 0), ("min_new_tokens", self.min_new_tokens >= 0)):

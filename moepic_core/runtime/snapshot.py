@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .budget import Budget
+from ..budget import Budget
 from .stats import LayerStats, Totals, TokenRecord
 
 

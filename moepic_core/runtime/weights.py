@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 # safetensors dtype -> torch; U8 holds packed codes (GPT-OSS's MXFP4 blocks and scales)
 READ_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,

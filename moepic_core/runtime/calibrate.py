@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .trace import RoutingTrace, TraceError
+from ..plan.trace import RoutingTrace, TraceError
 
 log = logging.getLogger(__name__)
 
