@@ -9,7 +9,7 @@ from moepic_core.layout import Layout, LayerPlan, uniform_layout
 from moepic_core.plan.planning import solve_layout
 from moepic_core.presets import get_preset
 from moepic_core.plan.replay import activations, replay_counts, replay_hits
-from moepic_core.plan.simulate import main as simulate_main
+from moepic_core.cli.simulate import main as simulate_main
 from moepic_core.plan.simulate import simulate
 from moepic_core.plan.synthetic import synthetic_trace
 from moepic_core.plan.trace import RoutingTrace
