@@ -6,12 +6,12 @@ Per forward step and MoE layer `pos` (the `pos`-th MoE layer), `forward` runs:
   3. `plan_work`: per needed expert, its top rows from the pool slot on a hit; the rest over the
      link into staging or on the CPU from the host store, as the layer's split and placement rule
      says (`LayerPlan.segments`, layout.py: the rule's one home);
-  4. `_reconcile_staging`: prefetched rows that this step needs are kept, wrong guesses dropped;
+  4. `Prefetch.reconcile` (prefetch.py): prefetched rows that this step needs are kept, wrong guesses dropped;
   5. `_issue`: link fetches for what staging lacks; `_submit_cpu`: CPU segments start now, on the
      CPU worker, concurrently with everything below;
-  6. `_prefetch`: on a one-token step, layer `pos+1`'s router applied to this layer's input guesses
-     the next layer's experts; what the rule would fetch for them is queued in chunks on the
-     LinkQueue (prefetch.py), which a later wrong guess drops before its bytes move;
+  6. `Prefetch.issue` (prefetch.py): on a one-token step, layer `pos+1`'s router applied to this
+     layer's input guesses the next layer's experts; what the rule would fetch for them is queued in
+     chunks on the LinkQueue, which a later wrong guess drops before its bytes move;
   7. `_compute`: experts in eager's order (ascending id) by the ExpertKernel (kernels.py): the top
      from the slot while the rest may still be in flight, then the fetched rows, then the CPU's
      result; the down bias once per expert; an admitted miss copies its top rows into its slot;
@@ -41,7 +41,7 @@ from ..plan.trace import TraceRecorder
 from .cpu_worker import CpuWorker
 from .kernels import SILU, Activation, ExpertKernel
 from .pool import SlotPool, Staging, Transfer
-from .prefetch import LinkQueue, Prefetcher
+from .prefetch import LinkQueue, Prefetch, Prefetcher
 from .stats import EngineStats
 from .step import CacheActivity, LayerStep, Routing
 
@@ -88,6 +88,7 @@ class ExpertRuntime:
         self.link = LinkQueue(self.transfer, PREFETCH_CHUNK_BYTES)
         n_staging = 0 if in_place else staging_experts(self.spec.top_k, prefetch_extra)
         self.staging = Staging(n_staging, self.I, store.row_bytes, device)
+        self.prefetch = Prefetch(self.prefetcher, self.link, self.staging, store)
         self.stats = EngineStats(self.num_layers)
         self.activity = CacheActivity(self.num_layers)  # the last step's active and guessed experts
         self.recorder: TraceRecorder | None = None  # set while a routing trace is recorded
@@ -106,9 +107,8 @@ class ExpertRuntime:
             raise ValueError("the in-place mode keeps every expert whole where it lies; use the simulated mode "
                              "for a smaller cache")
         self.pool = None
-        self.link.clear()
+        self.prefetch.clear()
         self.staging.clear()
-        self.prefetcher.clear()
         self.pool = SlotPool(layout, self.I, self.store.row_bytes, self.device, allocate=not self.in_place)
         self.layout = layout
         self._start_cpu_worker(layout)
@@ -154,12 +154,13 @@ class ExpertRuntime:
         access = self.directory.access(pos, routing.experts)
         guess = self.prefetcher.take(pos)
         work = self.plan_work(pos, access, routing.experts)
-        prefetched = self._reconcile_staging(pos, work)
+        prefetched = self.prefetch.reconcile(pos, {e: w.link for e, w in work.items()})
         queue = [e for e, w in work.items() if w.link and (pos, e) not in self.staging.entries]
         issued = self._issue(pos, queue, 0, work)
         cpu_jobs = self._submit_cpu(pos, work, x, top_k_index, routing)
         if routing.one_token and issued == len(queue) and pos + 1 < self.num_layers:
-            self._prefetch(pos + 1, x)
+            self.prefetch.issue(pos + 1, x, self.layout.layers[pos + 1], self.directory.cached(pos + 1),
+                                self.cpu_worker is not None, self._fetches_possible(pos + 1), self.recorder is not None)
         self.link.pump()
         out = self._compute(pos, x, routing, top_k_index, top_k_weights, work, cpu_jobs, queue, issued)
         self._emit(LayerStep(pos, routing, len(access.hits), len(access.misses), self.is_split(pos),
@@ -196,26 +197,6 @@ class ExpertRuntime:
             rows = plan.segments(kind, self.I, cpu_ok, staged and (staged.start, staged.stop))
             work[e] = ExpertWork(access.hits.get(e), rows.link, rows.cpu, access.admitted.get(e))
         return work
-
-    def _reconcile_staging(self, pos: int, work: dict[int, ExpertWork]) -> dict[str, int]:
-        """Keep this layer's staged rows the step needs (finishing their queued chunks); drop the rest.
-        Staged rows of this layer are all prefetched (demand fetches are released as computed); their
-        bytes count here, where the guess proves right or wrong: LayerStep's prefetch_* fields."""
-        used = wasted = dropped = 0
-        for (p, e), entry in list(self.staging.entries.items()):
-            if p != pos:
-                continue
-            w = work.get(e)
-            if w is not None and w.link and entry.covers(*w.link):
-                event, _ = self.link.finish((p, e))
-                entry.ready = event if event is not None else entry.ready
-                used += entry.nbytes
-                continue
-            event, never_moved = self.link.drop((p, e))
-            self.staging.release((p, e), event)
-            dropped += never_moved
-            wasted += entry.nbytes - never_moved
-        return dict(prefetch_used_bytes=used, prefetch_wasted_bytes=wasted, prefetch_dropped_bytes=dropped)
 
     def _issue(self, pos: int, queue: list[int], issued: int, work: dict[int, ExpertWork]) -> int:
         """Fetch `queue[issued:]`'s link rows while staging buffers are free; returns the new count."""
@@ -296,36 +277,6 @@ class ExpertRuntime:
     def _fetches_possible(self, pos: int) -> bool:
         """False when layer `pos` holds every expert whole: a guess could not save a byte."""
         return self.pool.rows[pos] < self.I or self.pool.slots[pos] < self.spec.num_experts
-
-    def _prefetch(self, nxt: int, x: torch.Tensor) -> None:
-        """Guess layer `nxt`'s experts; where its plan prefetches, queue what the rules would fetch."""
-        plan = self.layout.layers[nxt]
-        fetch = self.prefetcher.enabled and plan.prefetch and self._fetches_possible(nxt)
-        if not fetch and self.recorder is None:
-            return
-        guess = self.prefetcher.guess(nxt, x)  # recorded even where nothing is fetched
-        if not fetch:
-            return
-        for e in guess:
-            rows = self._guess_rows(nxt, e)
-            if rows is None or (nxt, e) in self.staging.entries or not self.staging.free:
-                continue
-            entry = self.staging.reserve((nxt, e), rows[0], rows[1] - rows[0], self.store.row_bytes, prefetched=True)
-            self.link.add((nxt, e), self.staging.target(entry), self.store.rows(nxt, e, *rows),
-                          after=self.staging.free_after[entry.buffer])
-
-    def _guess_rows(self, pos: int, e: int) -> tuple[int, int] | None:
-        """What `plan_work` would fetch over the link for guess `e` of layer `pos`: as a hit when it is
-        cached; else as a miss the policy leaves out, or, where such a miss goes to the CPU, the top
-        rows of an admission whose bottom goes there too (nothing where the slots are none)."""
-        plan, cpu_ok = self.layout.layers[pos], self.cpu_worker is not None
-        if e in self.directory.cached(pos):
-            return plan.segments(HIT, self.I, cpu_ok).link
-        miss = plan.segments(MISS, self.I, cpu_ok)
-        if miss.link:
-            return miss.link
-        admitted = plan.segments(ADMITTED, self.I, cpu_ok)
-        return admitted.link if plan.slots and admitted.cpu else None
 
     # --- reporting ----------------------------------------------------------------------------
     def cache_states(self, pos: int) -> tuple[str | None, ...]:

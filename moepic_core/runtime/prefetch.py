@@ -1,14 +1,22 @@
-"""Prefetcher: guess the next MoE layer's experts while the current one computes.
+"""The prefetch, whole: guess the next MoE layer's experts while the current one computes, queue
+what the split rule would fetch for them in chunks, keep a right guess's rows and drop a wrong one's.
 
-The guess for layer l+1 is layer l+1's own router applied to layer l's MoE input (the family's
-exact selection rule, called without module hooks so recorded router outputs stay clean), plus
-`extra` next-best experts by router logit. Guesses wait in `pending` until their layer's true
-routing arrives; the layer's LayerStep carries it, and the counters count precision and recall from it.
+  Prefetcher  the guess for layer l+1: layer l+1's own router applied to layer l's MoE input (the
+              family's exact selection rule, called without module hooks so recorded router outputs
+              stay clean), plus `extra` next-best experts by router logit. Guesses wait in `pending`
+              until their layer's true routing arrives; the layer's LayerStep carries it, and the
+              counters count precision and recall from it.
+  LinkQueue   prefetched bytes wait for the link in chunks, so a wrong guess is dropped before its
+              bytes move.
+  Prefetch    the two together with the staging ring: `issue` after a layer's own fetches, `reconcile`
+              when the guessed layer's routing arrives.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..layout import ADMITTED, HIT, MISS, LayerPlan
 
 
 class Prefetcher:
@@ -106,3 +114,67 @@ class LinkQueue:
         self.pending.clear()
         self.last.clear()
         self.issued.clear()
+
+
+def guess_rows(plan: LayerPlan, cached: bool, intermediate: int, cpu_ok: bool) -> tuple[int, int] | None:
+    """The rows the runtime would fetch over the link for a guessed expert of a layer with `plan`: as a
+    hit when it is `cached`; else as a miss the policy leaves out, or, where such a miss goes to the
+    CPU, the top rows of an admission whose bottom goes there too (nothing where the slots are none)."""
+    if cached:
+        return plan.segments(HIT, intermediate, cpu_ok).link
+    miss = plan.segments(MISS, intermediate, cpu_ok)
+    if miss.link:
+        return miss.link
+    admitted = plan.segments(ADMITTED, intermediate, cpu_ok)
+    return admitted.link if plan.slots and admitted.cpu else None
+
+
+class Prefetch:
+    """Guesses, their chunked copies and their staging buffers, from the guess to the proof."""
+
+    def __init__(self, guesser: Prefetcher, link: LinkQueue, staging, store):
+        self.guesser, self.link, self.staging, self.store = guesser, link, staging, store
+
+    def issue(self, nxt: int, x: torch.Tensor, plan: LayerPlan, cached, cpu_ok: bool, worth: bool,
+              record: bool) -> None:
+        """Guess layer `nxt`'s experts (also when only a trace `record`s them); where its plan prefetches
+        and a fetch could save bytes (`worth`), queue what the rules would fetch for each guess not yet
+        staged while staging buffers are free. `cached`: layer `nxt`'s cached experts."""
+        fetch = self.guesser.enabled and plan.prefetch and worth
+        if not (fetch or record):
+            return
+        guess = self.guesser.guess(nxt, x)
+        if not fetch:
+            return
+        for e in guess:
+            rows = guess_rows(plan, e in cached, self.store.spec.intermediate_size, cpu_ok)
+            if rows is None or (nxt, e) in self.staging.entries or not self.staging.free:
+                continue
+            entry = self.staging.reserve((nxt, e), rows[0], rows[1] - rows[0], self.store.row_bytes, prefetched=True)
+            self.link.add((nxt, e), self.staging.target(entry), self.store.rows(nxt, e, *rows),
+                          after=self.staging.free_after[entry.buffer])
+
+    def reconcile(self, pos: int, needed: dict) -> dict[str, int]:
+        """Keep layer `pos`'s staged rows the step needs (`needed`: expert -> rows it fetches over the
+        link, or None), finishing their queued chunks; drop the rest. Staged rows of a layer are all
+        prefetched (demand fetches are released as computed), so their bytes count here, where the
+        guess proves right or wrong: LayerStep's prefetch_* fields."""
+        used = wasted = dropped = 0
+        for (p, e), entry in list(self.staging.entries.items()):
+            if p != pos:
+                continue
+            rows = needed.get(e)
+            if rows and entry.covers(*rows):
+                event, _ = self.link.finish((p, e))
+                entry.ready = event if event is not None else entry.ready
+                used += entry.nbytes
+                continue
+            event, never_moved = self.link.drop((p, e))
+            self.staging.release((p, e), event)
+            dropped += never_moved
+            wasted += entry.nbytes - never_moved
+        return dict(prefetch_used_bytes=used, prefetch_wasted_bytes=wasted, prefetch_dropped_bytes=dropped)
+
+    def clear(self) -> None:
+        self.link.clear()
+        self.guesser.clear()
