@@ -51,5 +51,6 @@ class GenerationError(MoepicError):
 
 
 class OutOfMemoryError(GenerationError):
-    """The device (torch.OutOfMemoryError) or the host (MemoryError) ran out of memory in a step; the
-    engine stays usable, at a smaller budget or a shorter context."""
+    """The device (torch.OutOfMemoryError) or the host (MemoryError) ran out of memory while loading,
+    re-laying out or generating; after a re-layout or a step the engine stays usable, at the previous
+    budget or a shorter context."""

@@ -31,6 +31,36 @@ def test_out_of_memory_is_a_named_error_and_the_engine_goes_on(tiny_models, monk
     assert engine.generate(PROMPT, 4) == expected
 
 
+def test_out_of_memory_while_loading_is_a_named_error(tiny_models, monkeypatch):
+    from moepic_core.runtime import engine as engine_module
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(engine_module, "build_dense_model", no_memory)
+    with pytest.raises(OutOfMemoryError, match="out of GPU memory while loading the model: choose a smaller"):
+        Engine.load(tiny_models["mixtral"], device="cpu", cache_gb=0)
+
+
+def test_out_of_memory_while_re_laying_out_keeps_the_layout_that_fit(tiny_models, monkeypatch):
+    from moepic_core.runtime import offload
+
+    engine = Engine.load(tiny_models["mixtral"], device="cpu", cache_gb=0)
+    expected, layout = engine.generate(PROMPT, 4), engine.runtime.layout.to_dict()
+    real_pool = offload.SlotPool
+
+    def pool_or_no_memory(new_layout, *args, **kwargs):
+        if new_layout.to_dict() != layout:  # the bigger cache does not fit; the old one still does
+            raise MemoryError()
+        return real_pool(new_layout, *args, **kwargs)
+
+    monkeypatch.setattr(offload, "SlotPool", pool_or_no_memory)
+    with pytest.raises(OutOfMemoryError, match="out of host memory while re-laying out the cache: the previous"):
+        engine.reconfigure(cache_gb=1.0)
+    assert engine.runtime.layout.to_dict() == layout and engine.cfg.cache_gb == 0
+    assert engine.generate(PROMPT, 4) == expected
+
+
 class FailingWorker:
     """A loaded worker whose generation fails with `exc` before the first token."""
 

@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 AUTO_FALLBACK = "lru"  # the policy "auto" runs where no solver chose one (a given split, all resident)
 
 
+def out_of_memory(e: BaseException, doing: str, advice: str) -> OutOfMemoryError:
+    """The user's error for torch's OutOfMemoryError (the device) or MemoryError (the host)."""
+    where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
+    return OutOfMemoryError(f"out of {where} memory while {doing}: {advice}")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,6 +111,13 @@ class Engine:
     @classmethod
     def load(cls, model: str, *, progress=None, **options) -> "Engine":
         """Load `model` (folder, "demo" or downloaded hub id); options are EngineConfig's fields."""
+        try:
+            return cls._load(model, progress, options)
+        except (torch.OutOfMemoryError, MemoryError) as e:
+            raise out_of_memory(e, "loading the model", "choose a smaller VRAM budget, or int4") from e
+
+    @classmethod
+    def _load(cls, model: str, progress, options: dict) -> "Engine":
         cfg = EngineConfig(model=str(model), **options)
         folder = models.resolve_model(cfg.model)
         config = models.load_config(folder)
@@ -320,8 +333,12 @@ class Engine:
         cfg = dataclasses.replace(self.cfg, **changes)
         budget = self._budget(cfg, self.spec, self.dtype, self.device)
         calibrated = self._calibrate_for(cfg, budget)
-        self._apply(cfg, budget, fresh_policy=calibrated or (cfg.policy, cfg.policy_params) != (
-            self.cfg.policy, self.cfg.policy_params))
+        try:
+            self._apply(cfg, budget, fresh_policy=calibrated or (cfg.policy, cfg.policy_params) != (
+                self.cfg.policy, self.cfg.policy_params))
+        except (torch.OutOfMemoryError, MemoryError) as e:
+            self._recover()  # the pools of the layout that fit before
+            raise out_of_memory(e, "re-laying out the cache", "the previous budget stays; choose a smaller one") from e
         return self.runtime.layout.to_dict()
 
     @property
@@ -373,9 +390,8 @@ class Engine:
                 return
             except (torch.OutOfMemoryError, MemoryError) as e:
                 self._recover()
-                where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "host"
-                raise OutOfMemoryError(f"out of {where} memory while generating: lower the VRAM budget, use "
-                                       "int4 or shorten the conversation, and try again") from e
+                raise out_of_memory(e, "generating", "lower the VRAM budget, use int4 or shorten the "
+                                    "conversation, and try again") from e
             except BaseException:
                 self._recover()
                 raise
