@@ -56,7 +56,10 @@ from ..options import bad
 from ..spec import ModelSpec
 
 DEFAULT_DEVICE_GBPS = 400.0  # device memory bandwidth for the default compute times (RTX 3060 360, 4070 504)
-CPU_HOP_MS = 0.05            # a layer that uses the CPU: hidden vector to the host, result back, worker wake-up
+# a layer that uses the CPU: hidden vector to the host, result back, worker wake-up. The worker's
+# submit-to-result round trip measured 0.09 ms on the 2-core VM this is built on (a one-chunk segment
+# via CpuWorker minus the same call made directly); CUDA adds the two small copies and a sync.
+CPU_HOP_MS = 0.1
 PREFETCH_CHUNK_BYTES = 8 << 20  # the runtime issues prefetches in chunks of about this many bytes (whole rows)
 
 # (bottom on the CPU, miss on the CPU, prefetch) of every placement rule a layer may take

@@ -59,9 +59,20 @@ class Configs:
     m: np.ndarray
     q: np.ndarray
     units: np.ndarray
+    _groups: tuple | None = field(default=None, repr=False, compare=False)
 
     def take(self, idx) -> "Configs":
         return Configs(*(a[idx] for a in (self.p, self.C, self.m, self.q, self.units)))
+
+    def groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(order, starts, units): the configs by budget units, the larger ratio first within a unit
+        count; where each unit count starts in `order`; the distinct unit counts. Sorted once."""
+        if self._groups is None:
+            order = np.lexsort((-self.m, self.units))
+            u = self.units[order]
+            starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+            self._groups = order, starts, u[starts]
+        return self._groups
 
 
 def configs(cm: CostModel, factor: int = 1) -> Configs:
@@ -120,7 +131,7 @@ def layer_policies(cm: CostModel, units: int, sol: Solution) -> np.ndarray:
         area = []
         for p in range(len(cm.policies)):
             own = (cfg.p == p) | (cfg.C == 0)
-            run = _layer_table(np.where(own, cost[l], np.inf), cfg.units, cfg.m, span)[0]
+            run = _layer_table(np.where(own, cost[l], np.inf), cfg, span)[0]
             area.append(run[np.isfinite(run)].mean())
         out.append(sol.policy[l] if area[sol.policy[l]] <= min(area) else int(np.argmin(area)))
     return np.array(out)
@@ -140,18 +151,22 @@ def chain(cm: CostModel, p, C, m, q) -> dict:
     return {"ms": cm.other_ms + per_layer.sum(axis=1), "layers": per_layer}
 
 
-def _layer_table(cost: np.ndarray, units: np.ndarray, m: np.ndarray, cap: int):
+def _layer_table(cost: np.ndarray, cfg: Configs, cap: int):
     """Best (cost, config index) of a layer for every budget u = 0..min(cap, max useful units), from
-    `cost` of every config."""
-    n = int(min(cap, units.max()))
-    idx = np.nonzero(units <= n)[0]
-    # per exact unit count: the cheapest config (ties: larger ratio)
-    order = idx[np.lexsort((-m[idx], cost[idx], units[idx]))]
-    first = np.unique(units[order], return_index=True)[1]
+    `cost` of every config of `cfg`."""
+    order, starts, distinct = cfg.groups()
+    n = int(min(cap, distinct[-1]))
+    k = int(np.searchsorted(distinct, n, side="right"))  # unit counts <= n
+    end = int(starts[k]) if k < len(starts) else len(order)
+    c = cost[order[:end]]
+    # per exact unit count: the cheapest config (ties: the first, i.e. the larger ratio)
+    best = np.minimum.reduceat(c, starts[:k])
+    is_best = c <= np.repeat(best, np.diff(np.r_[starts[:k], end]))
+    first = np.minimum.reduceat(np.where(is_best, np.arange(end), end), starts[:k])
     at = np.full(n + 1, np.inf)
     arg = np.zeros(n + 1, np.int64)
-    at[units[order[first]]] = cost[order[first]]
-    arg[units[order[first]]] = order[first]
+    at[distinct[:k]] = best
+    arg[distinct[:k]] = order[first]
     # best within budget u: running minimum; ties go to the larger budget (use what was given)
     run = np.minimum.accumulate(at)
     take = at <= run * (1 + 1e-12)
@@ -159,8 +174,9 @@ def _layer_table(cost: np.ndarray, units: np.ndarray, m: np.ndarray, cap: int):
     return run, arg[pos]
 
 
-def _solution(cm: CostModel, sel: Configs) -> Solution:
-    ms = float(chain(cm, sel.p, sel.C, sel.m, sel.q)["ms"][0])
+def _solution(cm: CostModel, sel: Configs, ms: float | None = None) -> Solution:
+    """The layout of configs `sel` (one per layer); `ms`: its modeled time if known, else the chain's."""
+    ms = float(chain(cm, sel.p, sel.C, sel.m, sel.q)["ms"][0]) if ms is None else ms
     return Solution([int(c) for c in sel.C], [int(x) for x in sel.m], [int(x) for x in sel.q],
                     [int(x) for x in sel.p], ms)
 
@@ -290,7 +306,7 @@ class _Search:
         self.rounds += 1
         cfg = self.cfg
         cap = self.units - int(cfg.units[pick[np.setdiff1d(self.layers, free)]].sum())
-        tables = [_layer_table(cost, cfg.units, cfg.m, cap) for cost in self.costs(pick)[free]]
+        tables = [_layer_table(cost, cfg, cap) for cost in self.costs(pick)[free]]
         _, tree = _divide(tables, 0, len(free), cap)
         budgets: dict[int, int] = {}
         _recover(tree, cap, budgets)
@@ -309,7 +325,7 @@ class _Search:
         cands = []
         for l, (held, idle) in enumerate(zip(self.costs(pick), wide)):
             x, b = pick[l], int(cfg.units[pick[l]])
-            near = [_layer_table(c, cfg.units, cfg.m, self.units)[1][max(0, b - reach):b + reach + 1]
+            near = [_layer_table(c, cfg, self.units)[1][max(0, b - reach):b + reach + 1]
                     for c in (held, idle)]
             same = np.nonzero((cfg.p == cfg.p[x]) & (cfg.C == cfg.C[x]) & (cfg.m == cfg.m[x]))[0]
             cands.append(np.unique(np.concatenate([*near, same, [x]])))
@@ -317,17 +333,16 @@ class _Search:
 
     def polish(self, pick: np.ndarray) -> tuple[np.ndarray, float]:
         """Exact steps on the even layers, then the odd ones, until the modeled time stops falling."""
-        ms = self.ms(pick)
+        best, ms = pick, self.ms(pick)
         for _ in range(MAX_ROUNDS):
             for parity in (0, 1):
                 if len(self.layers[parity::2]):
                     pick = self.solve_free(pick, self.layers[parity::2])
             new = self.ms(pick)
-            done = new >= ms * (1 - 1e-9)
-            ms = min(ms, new)
-            if done:
+            if new >= ms * (1 - 1e-9):
                 break
-        return pick, ms
+            best, ms = pick, new
+        return best, ms
 
     def run(self, start: np.ndarray, near: int = 0) -> tuple[np.ndarray, float]:
         """Polish `start`; then, while they pay, a step over the neighbourhood and a step on all layers
@@ -352,10 +367,10 @@ def optimize(cm: CostModel, units: int, start: Solution | None = None, from_unif
     units = max(0, int(units))
     starts = ([best_uniform(cm, units)] if from_uniform or start is None else []) + ([start] if start else [])
     coarse = _Search(cm, units, MAX_UNITS)
-    found = [_solution(cm, coarse.cfg.take(coarse.run(coarse.index(s))[0])) for s in starts]
+    found = [_solution(cm, coarse.cfg.take(pick), ms) for pick, ms in (coarse.run(coarse.index(s)) for s in starts)]
     fine = _Search(cm, units, FINE_UNITS)
-    picks = [fine.polish(fine.index(s))[0] for s in found]
-    sol = min([_solution(cm, fine.cfg.take(p)) for p in picks] + starts, key=lambda s: s.ms_per_token)
+    sol = min([_solution(cm, fine.cfg.take(pick), ms) for pick, ms in (fine.polish(fine.index(s)) for s in found)]
+              + starts, key=lambda s: s.ms_per_token)
     sol.detail = {"rounds": coarse.rounds + fine.rounds, "solve_s": time.perf_counter() - began}
     return sol
 
