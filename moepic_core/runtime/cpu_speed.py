@@ -16,6 +16,7 @@ import torch
 
 from ..fsutil import atomic_write_text, default_cache_dir
 from . import native
+from .hardware import cpu_gbps_from_timing
 from .kernels import ExpertKernel
 from .quant import TORCH_DTYPES, encode_expert
 
@@ -82,4 +83,4 @@ def _measure(hidden: int, inter: int, quant: str, dtype: str, threads: int) -> f
             best, spent = min(best, elapsed), spent + elapsed
     finally:
         torch.set_num_threads(previous)
-    return rows.numel() / best / 1e9
+    return cpu_gbps_from_timing(rows.numel(), best)

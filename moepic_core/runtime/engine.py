@@ -131,7 +131,7 @@ class Engine:
         fit = fit_quant(spec, cfg.quant, dtype=dtype, cpu=device.type == "cpu",
                         cache_dir=cfg.cache_dir or default_cache_dir())  # "auto" -> the best that fits
         cfg = dataclasses.replace(cfg, quant=fit.quant)
-        cls._check_budget(cfg, spec, dtype, device)  # fail before the slow part
+        cls._budget(cfg, spec, dtype, device)  # fail before the slow part (the budget is re-planned once loaded)
         tokenizer = cls._load_tokenizer(folder)
         store = ExpertStore.open(reader, adapter, spec, quant=cfg.quant, dtype=dtype, cache_dir=cfg.cache_dir,
                                  pin=device.type == "cuda", progress=progress)
@@ -213,10 +213,6 @@ class Engine:
                            in_place=in_place, extra_workspace=extra,  # the torch expert kernel's temporaries
                            vram_bytes=None if cfg.vram_gb is None else int(cfg.vram_gb * GB),
                            cache_bytes=None if cfg.cache_gb is None else int(cfg.cache_gb * GB))
-
-    @classmethod
-    def _check_budget(cls, cfg, spec, dtype, device) -> Budget:
-        return cls._budget(cfg, spec, dtype, device)
 
     def _uniform(self, cfg: EngineConfig, budget: Budget, ratio: float) -> Layout:
         spec = self.spec

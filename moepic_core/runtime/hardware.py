@@ -56,7 +56,7 @@ class HardwareProfile:
 
     def with_cpu_timing(self, weight_bytes: int, seconds: float) -> "HardwareProfile":
         """The profile with `cpu_gbps` from a measurement: `weight_bytes` of expert weights computed
-        by the CPU kernels at batch 1 in `seconds` (the seam for the real kernels' measurement)."""
+        by the CPU kernels at batch 1 in `seconds` (cpu_speed.py measures the loaded model's shapes)."""
         return replace(self, cpu_gbps=cpu_gbps_from_timing(weight_bytes, seconds))
 
 

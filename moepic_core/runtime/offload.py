@@ -37,6 +37,7 @@ from torch import nn
 from ..budget import staging_experts
 from ..cache import CacheDirectory, make_policy
 from ..layout import ADMITTED, HIT, MISS, Layout
+from ..plan.costmodel import PREFETCH_CHUNK_BYTES  # the chunks the solver assumes are the ones issued
 from ..plan.trace import TraceRecorder
 from .cpu_worker import CpuWorker
 from .kernels import SILU, Activation, ExpertKernel
@@ -44,8 +45,6 @@ from .pool import SlotPool, Staging, Transfer
 from .prefetch import LinkQueue, Prefetch, Prefetcher
 from .stats import EngineStats
 from .step import CacheActivity, LayerStep, Routing
-
-PREFETCH_CHUNK_BYTES = 8 << 20  # costmodel.PREFETCH_CHUNK_BYTES: what the solver assumes
 
 
 @dataclass

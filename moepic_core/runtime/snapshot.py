@@ -9,11 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..budget import Budget
-from .stats import LayerStats, Totals, TokenRecord
-
-
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den else None
+from .stats import LayerStats, Totals, TokenRecord, ratio
 
 
 @dataclass(frozen=True)
@@ -58,15 +54,15 @@ class LayerSnapshot:
 
     @property
     def hit_rate(self) -> float | None:
-        return _ratio(self.hits, self.accesses)
+        return ratio(self.hits, self.accesses)
 
     @property
     def full_hit_rate(self) -> float | None:
-        return _ratio(self.full_hits, self.accesses)
+        return ratio(self.full_hits, self.accesses)
 
     @property
     def top_hit_rate(self) -> float | None:
-        return _ratio(self.top_hits, self.accesses)
+        return ratio(self.top_hits, self.accesses)
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

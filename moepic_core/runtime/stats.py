@@ -10,13 +10,15 @@ HISTORY = 256  # decode steps kept in the per-token history
 RECENT = 32  # decode steps the per-token rates of the totals average over
 
 
-def _ratio(num: float, den: float) -> float | None:
+def ratio(num: float, den: float) -> float | None:
+    """num / den, or None when den is 0 (no accesses, no guesses)."""
     return num / den if den else None
 
 
 @dataclass
 class LayerStats:
-    """One MoE layer's counters since load (or the last explicit reset), summed from its LayerSteps."""
+    """Counters summed from LayerSteps: one MoE layer's since load (or the last explicit reset), or one
+    forward step's over all layers (EngineStats.current)."""
     hits: int = 0
     misses: int = 0
     top_hits: int = 0
@@ -32,11 +34,11 @@ class LayerStats:
 
     @property
     def precision(self) -> float | None:
-        return _ratio(self.guessed_right, self.guessed)
+        return ratio(self.guessed_right, self.guessed)
 
     @property
     def recall(self) -> float | None:
-        return _ratio(self.guessed_right, self.actual_predicted_steps)
+        return ratio(self.guessed_right, self.actual_predicted_steps)
 
     def add(self, step: LayerStep) -> None:
         self.hits += step.hits
@@ -52,25 +54,6 @@ class LayerStats:
             self.guessed_right += step.guessed_right
             self.guessed += len(step.guess)
             self.actual_predicted_steps += len(step.routing.experts)
-
-
-@dataclass
-class TokenCounter:
-    """What one forward step did, summed over layers."""
-    hits: int = 0
-    top_hits: int = 0
-    full_hits: int = 0
-    misses: int = 0
-    bytes: int = 0
-    cpu_bytes: int = 0
-
-    def add(self, step: LayerStep) -> None:
-        self.hits += step.hits
-        self.misses += step.misses
-        self.top_hits += step.hits if step.split else 0
-        self.full_hits += 0 if step.split else step.hits
-        self.bytes += step.moved_bytes
-        self.cpu_bytes += step.cpu_bytes
 
 
 @dataclass(frozen=True)
@@ -117,7 +100,7 @@ class EngineStats:
         self.tokens = 0
         self.decode_seconds = 0.0
         self.history: collections.deque[TokenRecord] = collections.deque(maxlen=HISTORY)
-        self.current = TokenCounter()
+        self.current = LayerStats()  # this forward step, summed over layers
 
     def reset(self) -> None:
         self.__init__(len(self.layers))
@@ -128,15 +111,15 @@ class EngineStats:
 
     def end_token(self, seconds: float, decode: bool) -> None:
         """Close one forward step; decode steps go into the per-token history."""
-        cur, self.current = self.current, TokenCounter()
+        cur, self.current = self.current, LayerStats()
         if not decode:
             return
         self.tokens += 1
         self.decode_seconds += seconds
         n = cur.hits + cur.misses
         self.history.append(TokenRecord(
-            token=self.tokens, hit_rate=_ratio(cur.hits, n) or 0.0, top_hit_rate=_ratio(cur.top_hits, n) or 0.0,
-            full_hit_rate=_ratio(cur.full_hits, n) or 0.0, bytes=cur.bytes, cpu_bytes=cur.cpu_bytes,
+            token=self.tokens, hit_rate=ratio(cur.hits, n) or 0.0, top_hit_rate=ratio(cur.top_hits, n) or 0.0,
+            full_hit_rate=ratio(cur.full_hits, n) or 0.0, bytes=cur.bytes_fetched, cpu_bytes=cur.cpu_bytes,
             tokens_per_s=1.0 / seconds if seconds > 0 else 0.0))
 
     def totals(self) -> Totals:
@@ -148,10 +131,10 @@ class EngineStats:
         moved = sum(h.bytes for h in recent)
         return Totals(
             tokens=self.tokens, tokens_per_s=len(recent) / recent_s if recent_s else 0.0,
-            hit_rate=_ratio(hits, hits + misses) or 0.0, top_hits=sum(s.top_hits for s in self.layers),
+            hit_rate=ratio(hits, hits + misses) or 0.0, top_hits=sum(s.top_hits for s in self.layers),
             full_hits=sum(s.full_hits for s in self.layers), hits=hits, misses=misses,
             bytes_fetched=sum(s.bytes_fetched for s in self.layers),
             bytes_per_token=moved / len(recent) if recent else 0.0,
             cpu_bytes_per_token=sum(h.cpu_bytes for h in recent) / len(recent) if recent else 0.0,
             effective_bandwidth_gbps=moved / recent_s / 1e9 if recent_s else 0.0,
-            prefetch_precision=_ratio(right, guessed), prefetch_recall=_ratio(right, actual))
+            prefetch_precision=ratio(right, guessed), prefetch_recall=ratio(right, actual))
