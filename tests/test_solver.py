@@ -269,3 +269,22 @@ def test_solve_cli_text_and_errors(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "26 MoE layers x 64 experts" in err
     assert main(["--preset", "mixtral-8x7b", "--cache-gb", "4", "--cpu-gbps", "-1"]) == 2
     assert "--cpu-gbps" in capsys.readouterr().err
+
+
+def test_solve_measures_the_cpu_when_not_told(tmp_path, monkeypatch, capsys):
+    from moepic_core.cli.solve import main
+    from moepic_core.runtime import cpu_speed
+    monkeypatch.setenv("MOEPIC_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "t.npz"
+    spec = get_preset("olmoe-1b-7b")
+    synthetic_trace(30, spec.num_moe_layers, spec.num_experts, spec.top_k, seed=2).save(path)
+    args = ["--preset", "olmoe-1b-7b", "--cache-gb", "1", "--trace", str(path), "--policy", "lru",
+            "--quant", "int4", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cpu_source"] == "measured here" and out["cpu_gbps"] > 0
+    # the number is this machine's for an OLMoE int4 expert, kept per machine, and read back next time
+    kept = json.loads((tmp_path / "cpu_speed.json").read_text())
+    assert list(kept.values()) == [out["cpu_gbps"]] and "2048x1024|int4|float16" in next(iter(kept))
+    monkeypatch.setattr(cpu_speed, "_measure", lambda *a: pytest.fail("measured twice"))
+    assert main(args) == 0 and json.loads(capsys.readouterr().out)["cpu_gbps"] == out["cpu_gbps"]

@@ -36,7 +36,7 @@ def model_parser(prog: str, description: str, trace_required: bool) -> argparse.
                     help="host-to-device GB/s (default 25, PCIe 4.0)")
     ap.add_argument("--cpu-gbps", type=parsed("cpu_gbps", float), default=None, metavar="GBPS",
                     help="CPU expert-compute throughput, GB/s of weight bytes; 0: no CPU path "
-                         "(default: the hardware profile's, measured or assumed)")
+                         "(default: measured here on an expert of the model's shapes)")
     ap.add_argument("--quant", type=parsed("quant", choices=QUANTS), default="none", metavar="{" + ",".join(QUANTS) + "}")
     ap.add_argument("--dtype", type=parsed("dtype", choices=DTYPES), default="float16",
                     metavar="{" + ",".join(DTYPES) + "}")
@@ -60,16 +60,16 @@ def resolve_model(args):
                              cache_bytes=None if args.cache_gb is None else int(args.cache_gb * GB))
 
 
-def resolve_cpu_gbps(args) -> tuple[float, str]:
-    """(--cpu-gbps, "given"), else the hardware profile's value and where it comes from."""
+def resolve_cpu_gbps(args, spec) -> tuple[float, str]:
+    """(--cpu-gbps, "given"), else this machine's CPU measured on an expert of the model's shapes in
+    the flags' quant and dtype (as the engine measures it; cached per machine)."""
     if args.cpu_gbps is not None:
         if not args.cpu_gbps >= 0:
             raise bad("cpu_gbps", args.cpu_gbps)
         return args.cpu_gbps, "given"
-    from ..runtime.hardware import detect  # probes the machine: only when the flag is not given
+    from ..runtime.cpu_speed import measure_cpu_gbps  # runs the kernels: only when the flag is not given
 
-    hw = detect()
-    return hw.cpu_expert_gbps, hw.cpu_source
+    return measure_cpu_gbps(spec.hidden_size, spec.intermediate_size, args.quant, args.dtype), "measured here"
 
 
 def load_trace(args, spec) -> RoutingTrace:

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     try:
         spec, budget = resolve_model(args)
         trace = load_trace(args, spec)
-        cpu, _ = resolve_cpu_gbps(args)
+        cpu, _ = resolve_cpu_gbps(args, spec)
         kw = dict(bandwidth_gbps=args.bandwidth_gbps, cpu_gbps=cpu, quant=args.quant, dtype=args.dtype,
                   prefetch_accuracy=args.prefetch_accuracy)
         if args.split == "auto":
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         print(json.dumps(report, indent=1))
         return 0
     print(f"{spec.name}  policy {report['policy']}  split {args.split}  cache {budget.cache_bytes / GB:.2f} GB "
-          f"({budget.note()})  link {args.bandwidth_gbps:g} GB/s  CPU {cpu:g} GB/s  {report['tokens']} tokens")
+          f"({budget.note()})  link {args.bandwidth_gbps:g} GB/s  CPU {cpu:.3g} GB/s  {report['tokens']} tokens")
     print(f"{'layer':>5} {'slots':>5} {'ratio':>6} {'policy':>12} {'bottom':>6} {'miss':>5} {'hit':>6} {'full':>6} "
           f"{'MB/tok':>8} {'ms':>8}")
     for x in report["layers"]:

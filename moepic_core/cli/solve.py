@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     try:
         spec, budget = resolve_model(args)
         trace = load_trace(args, spec) if args.trace else default_trace(spec)
-        cpu, cpu_source = resolve_cpu_gbps(args)
+        cpu, cpu_source = resolve_cpu_gbps(args, spec)
         layout = solve_layout(spec, budget.cache_bytes, bandwidth_gbps=args.bandwidth_gbps, cpu_gbps=cpu,
                               trace=trace, policy=args.policy, quant=args.quant, dtype=args.dtype,
                               prefetch_accuracy=args.prefetch_accuracy)
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
                           "baselines": p["baselines"], "solve_s": p["solve_s"]}, indent=1))
         return 0
     print(f"{spec.name}  cache {budget.cache_bytes / GB:.2f} GB ({budget.note()})  link {args.bandwidth_gbps:g} GB/s  "
-          f"CPU {cpu:g} GB/s ({cpu_source})  quant {args.quant}  policy {args.policy}\n"
+          f"CPU {cpu:.3g} GB/s ({cpu_source})  quant {args.quant}  policy {args.policy}\n"
           f"trace: {p['trace']}  predictor recall {p['prefetch_accuracy']:.0%}")
     print_layout(spec, layout, rows)
     return 0

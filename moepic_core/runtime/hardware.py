@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 # A CPU-mode default for the solver when nothing was measured: PCIe 4.0 x16 from pinned memory.
 # Labelled "simulated" wherever it is used.
 DEFAULT_BANDWIDTH_GBPS = 25.0
-# CPU expert-compute throughput (GB/s of weight bytes) assumed when nothing was measured: a batch-1
-# expert on dual-channel DDR4 reads its weights at about this rate. Labelled "assumed" wherever used.
+# CPU expert-compute throughput (GB/s of weight bytes) assumed for a home machine one cannot measure
+# (the README's Will-it-fit tables): a batch-1 expert on dual-channel DDR4 reads its weights at about
+# this rate. This machine's own is measured (cpu_speed.py).
 DEFAULT_CPU_GBPS = 40.0
 
 
@@ -31,7 +32,6 @@ class HardwareProfile:
     h2d_gbps: float | None = None              # measured pinned host->device bandwidth
     expert_compute_ms: dict | None = None      # "HxI:dtype" -> ms of one expert at batch 1
     cuda: bool = False
-    cpu_gbps: float | None = None              # measured CPU expert throughput, GB/s of weight bytes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,19 +45,6 @@ class HardwareProfile:
     def bandwidth_source(self) -> str:
         return "measured" if self.h2d_gbps else f"simulated ({DEFAULT_BANDWIDTH_GBPS:g} GB/s default)"
 
-    @property
-    def cpu_expert_gbps(self) -> float:
-        """Measured CPU expert throughput, or the documented assumed default."""
-        return self.cpu_gbps if self.cpu_gbps else DEFAULT_CPU_GBPS
-
-    @property
-    def cpu_source(self) -> str:
-        return "measured" if self.cpu_gbps else f"assumed ({DEFAULT_CPU_GBPS:g} GB/s default)"
-
-    def with_cpu_timing(self, weight_bytes: int, seconds: float) -> "HardwareProfile":
-        """The profile with `cpu_gbps` from a measurement: `weight_bytes` of expert weights computed
-        by the CPU kernels at batch 1 in `seconds` (cpu_speed.py measures the loaded model's shapes)."""
-        return replace(self, cpu_gbps=cpu_gbps_from_timing(weight_bytes, seconds))
 
 
 def cpu_gbps_from_timing(weight_bytes: int, seconds: float) -> float:
